@@ -1,0 +1,19 @@
+"""lact-video: Large-Chunk Test-Time Training for autoregressive video diffusion on Wan2.1."""
+
+__version__ = "0.1.0"
+
+from .models import LaCTTransformerOutput, LaCTWanTransformer3DModel
+from .sequence import TeacherForcingLayout, interleave_teacher_forcing, interleave_timesteps
+from .state import ForwardMode, LaCTState, LayerState
+
+__all__ = [
+    "ForwardMode",
+    "LaCTState",
+    "LaCTTransformerOutput",
+    "LaCTWanTransformer3DModel",
+    "LayerState",
+    "TeacherForcingLayout",
+    "__version__",
+    "interleave_teacher_forcing",
+    "interleave_timesteps",
+]

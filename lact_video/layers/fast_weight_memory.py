@@ -1,0 +1,155 @@
+"""The fast-weight memory branch of a LaCT layer: every new parameter of the layer lives here.
+
+Spec Sec. 3b. At initialisation the output gate is `silu(0) = 0`, so a patched model starts as
+pure window attention and reproduces pretrained Wan on a one-chunk clip.
+
+Shapes: `B` batch, `S` segments, `T` tokens per chunk, `C` model dim, `H`/`D` Wan attention
+heads/head dim, `Hf`/`d` fast-weight heads/head dim, `dh = inter_multi * d`.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops.fast_weight import FastWeights, UpdateRule, fast_weight_apply, fast_weight_teacher_forcing
+from ..ops.fast_weight import fast_weight_update, row_norms
+from ..sequence import TeacherForcingLayout
+from ..state import ForwardMode, LayerState
+from .rotary import apply_rotary_emb
+
+
+class FastWeightMemory(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        attention_head_dim: int,
+        fw_head_dim: int,
+        inter_multi: int,
+        rule: UpdateRule,
+        base_lr: float = 1e-3,
+    ):
+        super().__init__()
+        self.num_heads = dim // fw_head_dim  # Hf
+        self.head_dim = fw_head_dim  # d
+        self.hidden_dim = inter_multi * fw_head_dim  # dh
+        self.attention_head_dim = attention_head_dim  # D, for the rotary layout
+        self.rule = rule
+        self.base_lr = base_lr
+        hf, d, dh = self.num_heads, self.head_dim, self.hidden_dim
+        # The slow initial fast weights S_0, one SwiGLU per head.
+        self.w0 = nn.Parameter(torch.empty(hf, dh, d))
+        self.w1 = nn.Parameter(torch.empty(hf, d, dh))
+        self.w2 = nn.Parameter(torch.empty(hf, dh, d))
+        # Per-channel scale and offset of the memory's queries and keys: [..., 0] q, [..., 1] k.
+        self.qk_scale = nn.Parameter(torch.empty(dim, 2))
+        self.qk_offset = nn.Parameter(torch.empty(dim, 2))
+        # Head-major per-token learning rates: for each head, the rates of (w0, w1, w2).
+        self.lr_proj = nn.Linear(dim, 3 * hf)
+        self.momentum_proj = nn.Linear(dim, hf) if rule.momentum else None
+        self.output_norm = nn.RMSNorm(d, eps=1e-6)
+        self.gate_proj = nn.Linear(dim, 1)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        for w in (self.w0, self.w2):
+            nn.init.normal_(w, std=self.head_dim**-0.5)
+        nn.init.normal_(self.w1, std=self.hidden_dim**-0.5)
+        nn.init.ones_(self.qk_scale)
+        nn.init.zeros_(self.qk_offset)
+        # softplus(b0) = base_lr for every token until W_lr learns otherwise.
+        nn.init.zeros_(self.lr_proj.weight)
+        nn.init.constant_(self.lr_proj.bias, math.log(math.expm1(self.base_lr)))
+        if self.momentum_proj is not None:
+            self.momentum_proj.reset_parameters()
+        self.output_norm.reset_parameters()
+        # Gate silu(0) = 0: the layer starts as pure window attention.
+        nn.init.zeros_(self.gate_proj.weight)
+        nn.init.zeros_(self.gate_proj.bias)
+
+    def _initial_weights(self, batch_size: int) -> FastWeights:
+        """S_0 for every (sample, head): (B*Hf, ...), still differentiable w.r.t. the parameters."""
+        return FastWeights(*(w.unsqueeze(0).expand(batch_size, *w.shape).flatten(0, 1) for w in (self.w0, self.w1, self.w2)))
+
+    def _to_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, T, C) -> (B*Hf, S, T, d)."""
+        b, s, t, _ = x.shape
+        return x.view(b, s, t, self.num_heads, self.head_dim).permute(0, 3, 1, 2, 4).flatten(0, 1)
+
+    def _query_key(self, q, k, rotary_emb):
+        """Scale/offset, rotary in Wan's head layout, regroup into Hf heads, L2-normalise."""
+        out = []
+        for x, j in ((q, 0), (k, 1)):
+            x = x * self.qk_scale[:, j] + self.qk_offset[:, j]  # (B, S, T, C)
+            x = apply_rotary_emb(x.unflatten(-1, (-1, self.attention_head_dim)), *rotary_emb).flatten(-2)
+            out.append(F.normalize(self._to_heads(x), dim=-1))  # (B*Hf, S, T, d)
+        return out
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        mode: ForwardMode,
+        layout: TeacherForcingLayout | None = None,
+        state: LayerState | None = None,
+    ) -> tuple[torch.Tensor, FastWeights | None, FastWeights | None]:
+        """Gated memory read-out, and for `COMMIT` the new fast weights and momentum.
+
+        Args:
+            hidden_states: (B, S, T, C) the block's normalised, modulated input (drives lr and gate).
+            query, key: (B, S, T, C) after `norm_q`/`norm_k`, before rotary.  value: (B, S, T, C).
+            rotary_emb: (cos, sin), each (S, T, 1, D).
+            layout: grouped teacher-forcing layout (`TEACHER_FORCING` only).
+            state: the layer's state (`DENOISE`, `COMMIT`).
+
+        Returns:
+            `(out (B, S, T, C), fast_weights, momentum)`; the last two are `None` unless committing.
+        """
+        # 1. Memory inputs, per fast-weight head.
+        b, s, t, c = hidden_states.shape
+        q, k = self._query_key(query, key, rotary_emb)  # (B*Hf, S, T, d)
+        v = self._to_heads(value)
+        lr = F.softplus(self.lr_proj(hidden_states).float()).type_as(q)  # (B, S, T, Hf*3)
+        lr = lr.view(b, s, t, self.num_heads, 3).permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B*Hf, S, T, 3)
+        momentum = None
+        if self.momentum_proj is not None:
+            # One momentum per head and chunk: the mean gate over the chunk's tokens.
+            momentum = torch.sigmoid(self.momentum_proj(hidden_states)).mean(dim=2)  # (B, S, Hf)
+            momentum = momentum.permute(0, 2, 1).flatten(0, 1)  # (B*Hf, S)
+
+        # 2. Read (and for clean chunks, write) the memory.
+        new_weights = new_momentum = None
+        if mode is ForwardMode.TEACHER_FORCING:
+            n, noisy = layout.num_chunks, layout.num_noisy
+            out_noisy, out_clean = fast_weight_teacher_forcing(
+                self._initial_weights(b),
+                q[:, :noisy].reshape(b * self.num_heads, n, -1, self.head_dim),  # (B*Hf, N, R*T, d)
+                q[:, noisy:],
+                k[:, noisy:],
+                v[:, noisy:],
+                lr[:, noisy:],
+                self.rule,
+                momentum[:, noisy:] if momentum is not None else None,
+            )
+            out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
+        else:
+            weights = state.fast_weights if state.fast_weights is not None else self._initial_weights(b)
+            if mode is ForwardMode.COMMIT:
+                norms = row_norms(self._initial_weights(b)) if self.rule.weight_norm else None
+                m = momentum[:, 0] if momentum is not None else None
+                weights, new_momentum = fast_weight_update(
+                    weights, k[:, 0], v[:, 0], lr[:, 0], self.rule, norms, m, state.momentum
+                )
+                new_weights = weights
+            out = fast_weight_apply(weights, q[:, 0]).unsqueeze(1)  # (B*Hf, 1, T, d)
+
+        # 3. Per-head RMSNorm, merge heads, per-token scalar gate.
+        out = self.output_norm(out)
+        out = out.unflatten(0, (b, self.num_heads)).permute(0, 2, 3, 1, 4).reshape(b, s, t, c)  # (B, S, T, C)
+        gate = F.silu(self.gate_proj(hidden_states))  # (B, S, T, 1)
+        return gate * out, new_weights, new_momentum

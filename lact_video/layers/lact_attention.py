@@ -1,0 +1,96 @@
+"""LaCT attention: the drop-in replacement for a Wan block's self-attention (spec Sec. 3).
+
+It keeps `WanAttention`'s parameter names (`to_q, to_k, to_v, to_out, norm_q, norm_k`) so that
+pretrained weights load unchanged, and adds the fast-weight memory as the `memory` submodule
+(`None` for blocks that keep window attention only). Output: `Wo(window_out + gate * memory_out)`.
+
+Shapes: `B` batch, `S` segments, `T` tokens per chunk, `C` model dim, `H` heads, `D` head dim,
+`W` window tokens.
+"""
+
+import torch
+import torch.nn as nn
+
+from ..ops.window_attention import attend, window_attention_teacher_forcing
+from ..sequence import TeacherForcingLayout
+from ..state import ForwardMode, LayerState
+from .fast_weight_memory import FastWeightMemory
+from .rotary import apply_rotary_emb
+
+
+class LaCTAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float, window_size: int | None, memory: FastWeightMemory | None):
+        super().__init__()
+        self.heads = heads
+        self.window_size = window_size  # None: the whole previous chunk
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(dim, dim)
+        self.to_v = nn.Linear(dim, dim)
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim), nn.Dropout(0.0)])
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+        self.memory = memory
+
+    def _window(self, tokens_per_chunk: int) -> int:
+        window = self.window_size or tokens_per_chunk
+        if window > tokens_per_chunk:
+            raise ValueError(
+                f"window_size={window} tokens is larger than one chunk ({tokens_per_chunk} tokens at this "
+                "resolution); the window only reaches into the previous chunk. Lower window_size, or leave it "
+                "unset to use the whole previous chunk."
+            )
+        return window
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        mode: ForwardMode,
+        layout: TeacherForcingLayout | None = None,
+        state: LayerState | None = None,
+    ) -> tuple[torch.Tensor, LayerState | None]:
+        """Self-attention of a patched block.
+
+        Args:
+            hidden_states: (B, S, T, C), segments in grouped order (`TEACHER_FORCING`) or one chunk.
+            rotary_emb: (cos, sin), each (S, T, 1, D).
+
+        Returns:
+            `(out (B, S, T, C), state)`: the input state for `DENOISE`, a new one for `COMMIT`,
+            `None` in teacher forcing.
+        """
+        # 1. Projections, as in Wan.
+        q = self.norm_q(self.to_q(hidden_states))
+        k = self.norm_k(self.to_k(hidden_states))
+        v = self.to_v(hidden_states)
+        qh, kh, vh = (x.unflatten(-1, (self.heads, -1)) for x in (q, k, v))  # (B, S, T, H, D)
+        qh, kh = apply_rotary_emb(qh, *rotary_emb), apply_rotary_emb(kh, *rotary_emb)
+        window = self._window(hidden_states.shape[2])
+
+        # 2. Window attention.
+        new_state = state
+        if mode is ForwardMode.TEACHER_FORCING:
+            b, n, r, noisy = qh.shape[0], layout.num_chunks, layout.num_repeat, layout.num_noisy
+            noisy_out, clean_out = window_attention_teacher_forcing(
+                tuple(x[:, :noisy].unflatten(1, (n, r)) for x in (qh, kh, vh)),  # (B, N, R, T, H, D)
+                tuple(x[:, noisy:] for x in (qh, kh, vh)),  # (B, N-1, T, H, D)
+                window,
+            )
+            out = torch.cat([noisy_out.flatten(1, 2), clean_out], dim=1)  # (B, S, T, H, D)
+        elif mode is ForwardMode.DENOISE:
+            context = (state.key[:, None], state.value[:, None]) if state.key is not None else (None, None)
+            out = attend(qh, kh, vh, *context)
+        else:  # COMMIT: a clean chunk sees only itself, and its tail becomes the next window.
+            out = attend(qh, kh, vh)
+            new_state = LayerState(key=kh[:, 0, -window:], value=vh[:, 0, -window:])
+        out = out.flatten(-2)  # (B, S, T, C)
+
+        # 3. Fast-weight memory.
+        if self.memory is not None:
+            memory_out, fast_weights, momentum = self.memory(hidden_states, q, k, v, rotary_emb, mode, layout, state)
+            out = out + memory_out
+            if mode is ForwardMode.COMMIT:
+                new_state = LayerState(new_state.key, new_state.value, fast_weights, momentum)
+
+        out = self.to_out[1](self.to_out[0](out))
+        return out, new_state

@@ -1,0 +1,362 @@
+"""Wan2.1 text-to-video DiT with LaCT attention: an autoregressive, chunk-by-chunk video model.
+
+Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3 (AR video diffusion);
+semantics in docs/lact-video-spec.md. Every block's self-attention becomes `LaCTAttention`:
+block-sparse window attention plus, in the blocks listed by `lact_blocks`, a fast-weight memory
+updated on whole clean chunks.
+
+Two explicit modes (`ForwardMode`):
+- `TEACHER_FORCING`: the interleaved noisy/clean sequence of a whole clip; returns the velocity for
+  every noisy copy.
+- `DENOISE` / `COMMIT`: one chunk against an explicit `LaCTState`; `COMMIT` hands back a new state.
+
+Shapes: `B` batch, `C` channels, `F` latent frames, `k` frames per chunk, `N` chunks, `R` noisy
+copies, `S` segments, `T` tokens per chunk, `D` model dim.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from accelerate import init_empty_weights
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import FP32LayerNorm
+from diffusers.models.transformers.transformer_wan import (
+    WanRotaryPosEmbed,
+    WanTimeTextImageEmbedding,
+    WanTransformer3DModel,
+    WanTransformerBlock,
+)
+from diffusers.utils import BaseOutput
+
+from ..layers.fast_weight_memory import FastWeightMemory
+from ..layers.lact_attention import LaCTAttention
+from ..layers.rotary import chunk_rotary_emb
+from ..ops.fast_weight import UpdateRule
+from ..sequence import TeacherForcingLayout, check_chunking
+from ..state import ForwardMode, LaCTState, LayerState
+
+# Config keys that LaCT adds to a Wan transformer config.
+LACT_CONFIG_KEYS = (
+    "lact_blocks",
+    "chunk_frames",
+    "window_size",
+    "fw_head_dim",
+    "inter_multi",
+    "use_muon",
+    "use_momentum",
+    "weight_norm",
+    "muon_dtype",
+    "base_lr",
+    "num_repeat",
+)
+
+
+@dataclass
+class LaCTTransformerOutput(BaseOutput):
+    """
+    Args:
+        sample: velocity. `TEACHER_FORCING`: (B, R, C, F, H, W) for every noisy copy; `DENOISE`:
+            (B, C, k, H, W); `COMMIT`: None (the clean pass only updates the state).
+        state: the state to pass to the next call (`DENOISE`: the input state; `COMMIT`: updated).
+    """
+
+    sample: torch.Tensor | None
+    state: LaCTState | None = None
+
+
+class LaCTWanTransformerBlock(WanTransformerBlock):
+    """A Wan block whose `attn1` is `LaCTAttention`, over segment-shaped tokens (B, S, T, D).
+
+    Modulation comes per segment (each segment has its own timestep) and broadcasts over its tokens.
+    """
+
+    def __init__(self, dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps, attn1: LaCTAttention):
+        super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
+        self.attn1 = attn1
+
+    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb, mode, layout=None, state=None):
+        """hidden_states (B, S, T, D); temb (B, S, 6, D); encoder_hidden_states (B, L_text, D)."""
+        modulation = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)  # 6 x (B, S, 1, D)
+        shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = modulation
+
+        # 1. LaCT self-attention
+        norm_hidden_states = (self.norm1(hidden_states.float()) * (1 + scale_msa) + shift_msa).type_as(hidden_states)
+        attn_output, state = self.attn1(norm_hidden_states, rotary_emb, mode, layout, state)
+        hidden_states = (hidden_states.float() + attn_output * gate_msa).type_as(hidden_states)
+
+        # 2. Cross-attention: per token, so the segments can share one flat sequence.
+        norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
+        attn_output = self.attn2(norm_hidden_states.flatten(1, 2), encoder_hidden_states, None, None)
+        hidden_states = hidden_states + attn_output.view_as(hidden_states)
+
+        # 3. Feed-forward
+        norm_hidden_states = (self.norm3(hidden_states.float()) * (1 + c_scale_msa) + c_shift_msa).type_as(
+            hidden_states
+        )
+        ff_output = self.ffn(norm_hidden_states)
+        hidden_states = (hidden_states.float() + ff_output.float() * c_gate_msa).type_as(hidden_states)
+        return hidden_states, state
+
+
+class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
+    r"""Wan2.1 T2V transformer with LaCT layers. Build it from pretrained Wan with `from_wan`.
+
+    Args (Wan's own): see `diffusers.WanTransformer3DModel`; the names and meanings are identical,
+        so a Wan `config.json` plus the LaCT keys below is a valid config.
+    Args (LaCT):
+        lact_blocks (`list[int]`, *optional*): blocks that get a fast-weight memory; `None` means all.
+            The others keep window attention only.
+        chunk_frames (`int`): latent frames per autoregressive chunk (`k`).
+        window_size (`int`, *optional*): how many trailing tokens of the previous clean chunk a noisy
+            chunk attends to; `None` means the whole previous chunk.
+        fw_head_dim (`int`): channels per fast-weight head (`d`); must divide the model dim.
+        inter_multi (`int`): fast-weight MLP hidden size as a multiple of `fw_head_dim`.
+        use_muon (`bool`): Newton-Schulz-orthogonalised updates.
+        use_momentum (`bool`): momentum across chunks, with a learned per-token gate.
+        weight_norm (`bool`): keep each fast-weight row at its initial norm after every update.
+        muon_dtype (`str`): precision of the Newton-Schulz iteration ("float32" or "bfloat16").
+        base_lr (`float`): fast-weight learning rate at initialisation.
+        num_repeat (`int`): noisy copies per chunk in the teacher-forcing sequence (`R`).
+    """
+
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = ["patch_embedding", "condition_embedder", "norm"]
+    _no_split_modules = ["LaCTWanTransformerBlock"]
+    _keep_in_fp32_modules = ["rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"]
+    _repeated_blocks = ["LaCTWanTransformerBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        patch_size: tuple[int, ...] = (1, 2, 2),
+        num_attention_heads: int = 12,
+        attention_head_dim: int = 128,
+        in_channels: int = 16,
+        out_channels: int = 16,
+        text_dim: int = 4096,
+        freq_dim: int = 256,
+        ffn_dim: int = 8960,
+        num_layers: int = 30,
+        cross_attn_norm: bool = True,
+        qk_norm: str | None = "rms_norm_across_heads",
+        eps: float = 1e-6,
+        image_dim: int | None = None,
+        added_kv_proj_dim: int | None = None,
+        rope_max_seq_len: int = 1024,
+        pos_embed_seq_len: int | None = None,
+        lact_blocks: list[int] | None = None,
+        chunk_frames: int = 3,
+        window_size: int | None = None,
+        fw_head_dim: int = 768,
+        inter_multi: int = 2,
+        use_muon: bool = False,
+        use_momentum: bool = False,
+        weight_norm: bool = True,
+        muon_dtype: str = "float32",
+        base_lr: float = 1e-3,
+        num_repeat: int = 1,
+    ):
+        super().__init__()
+        dim = num_attention_heads * attention_head_dim
+        _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_norm, self.config)
+        rule = UpdateRule(use_momentum, use_muon, weight_norm, getattr(torch, muon_dtype))
+        memory_blocks = set(range(num_layers) if lact_blocks is None else lact_blocks)
+
+        # 1. Patch and position embedding (as in Wan)
+        self.rope = WanRotaryPosEmbed(attention_head_dim, patch_size, rope_max_seq_len)
+        self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+        # 2. Condition embeddings (as in Wan, text only)
+        self.condition_embedder = WanTimeTextImageEmbedding(
+            dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6, text_embed_dim=text_dim
+        )
+
+        # 3. Transformer blocks with LaCT attention
+        self.blocks = nn.ModuleList(
+            LaCTWanTransformerBlock(
+                dim,
+                ffn_dim,
+                num_attention_heads,
+                qk_norm,
+                cross_attn_norm,
+                eps,
+                LaCTAttention(
+                    dim,
+                    num_attention_heads,
+                    eps,
+                    window_size,
+                    FastWeightMemory(dim, attention_head_dim, fw_head_dim, inter_multi, rule, base_lr)
+                    if i in memory_blocks
+                    else None,
+                ),
+            )
+            for i in range(num_layers)
+        )
+
+        # 4. Output norm and projection (as in Wan)
+        self.norm_out = FP32LayerNorm(dim, eps, elementwise_affine=False)
+        self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.gradient_checkpointing = False
+
+    @classmethod
+    def from_wan(
+        cls,
+        wan: "WanTransformer3DModel | str | os.PathLike",
+        subfolder: str | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **lact_config,
+    ) -> "LaCTWanTransformer3DModel":
+        """Patch a pretrained Wan transformer, keeping all its weights.
+
+        Args:
+            wan: a `WanTransformer3DModel`, or a path/hub id of one (`subfolder="transformer"` for a
+                pipeline folder).
+            lact_config: LaCT config keys (see the class docstring).
+        """
+        unknown = set(lact_config) - set(LACT_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"Unknown LaCT config keys {sorted(unknown)}; valid keys are {list(LACT_CONFIG_KEYS)}.")
+        if not isinstance(wan, WanTransformer3DModel):
+            wan = WanTransformer3DModel.from_pretrained(wan, subfolder=subfolder, torch_dtype=torch_dtype)
+        base_config = {k: v for k, v in wan.config.items() if not k.startswith("_")}
+        # Build without allocating the pretrained-size weights twice; the new memory is
+        # materialised and initialised afterwards.
+        with init_empty_weights():
+            model = cls(**base_config, **lact_config)
+        missing, unexpected = model.load_state_dict(wan.state_dict(), strict=False, assign=True)
+        memories = {name: m for name, m in model.named_modules() if isinstance(m, FastWeightMemory)}
+        new = {f"{name}.{p}" for name, m in memories.items() for p, _ in m.named_parameters()}
+        if unexpected or set(missing) != new:
+            raise ValueError(
+                f"The Wan checkpoint does not match the LaCT model: unexpected keys {sorted(unexpected)}, "
+                f"missing pretrained keys {sorted(set(missing) - new)}."
+            )
+        reference = next(wan.blocks[0].attn1.parameters())
+        for memory in memories.values():
+            memory.to_empty(device=reference.device)
+            memory.reset_parameters()
+            memory.to(reference.dtype)
+        return model
+
+    def init_state(self) -> LaCTState:
+        """An empty inference state: nothing committed, chunk 0 comes next."""
+        return LaCTState.empty(len(self.blocks))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        mode: ForwardMode | str = ForwardMode.TEACHER_FORCING,
+        state: LaCTState | None = None,
+        return_dict: bool = True,
+    ) -> LaCTTransformerOutput | tuple:
+        """
+        Args:
+            hidden_states: `TEACHER_FORCING`: (B, C, S*k, H, W), the interleaved sequence (see
+                `lact_video.interleave_teacher_forcing`). `DENOISE`/`COMMIT`: (B, C, k, H, W), one chunk.
+            timestep: `TEACHER_FORCING`: (B, S), one per segment, 0 for clean segments
+                (`lact_video.interleave_timesteps`). Otherwise (B,).
+            encoder_hidden_states: (B, L_text, text_dim) prompt embeddings.
+            mode: a `ForwardMode` or its value.
+            state: required for `DENOISE` and `COMMIT` (start from `init_state()`).
+        """
+        # 1. Check inputs and lay out the segments
+        mode = ForwardMode(mode)
+        b, _, num_frames, height, width = hidden_states.shape
+        k = self.config.chunk_frames
+        p_t, p_h, p_w = self.config.patch_size
+        if height % p_h or width % p_w:
+            raise ValueError(f"Latent height/width {height}x{width} must be multiples of the patch size {p_h}x{p_w}.")
+        layout = None
+        if mode is ForwardMode.TEACHER_FORCING:
+            if state is not None:
+                raise ValueError("Teacher forcing sees the whole clip; it takes no inference state.")
+            layout = TeacherForcingLayout.from_num_segments(check_chunking(num_frames, k), self.config.num_repeat)
+            num_segments = layout.num_segments
+            if timestep.shape != (b, num_segments):
+                raise ValueError(
+                    f"Teacher forcing needs one timestep per segment, shape ({b}, {num_segments}); got "
+                    f"{tuple(timestep.shape)}. Build it with `lact_video.interleave_timesteps`."
+                )
+            order = layout.grouped_order.to(hidden_states.device)
+            hidden_states = hidden_states.unflatten(2, (num_segments, k)).index_select(2, order).flatten(2, 3)
+            timestep = timestep.index_select(1, order)
+            chunk_indices = layout.grouped_chunks
+        else:
+            if state is None:
+                raise ValueError(f"{mode.value} needs an inference state; start from `model.init_state()`.")
+            if num_frames != k:
+                raise ValueError(f"{mode.value} takes one chunk of chunk_frames={k} latent frames; got {num_frames}.")
+            num_segments = 1
+            timestep = timestep.expand(b).reshape(b, 1)
+            chunk_indices = torch.tensor([state.num_chunks])
+        rotary_emb = chunk_rotary_emb(self.rope, chunk_indices, k, height // p_h, width // p_w)
+
+        # 2. Patch embedding and per-segment conditioning
+        hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, S*T, D)
+        hidden_states = hidden_states.unflatten(1, (num_segments, -1)).contiguous()  # (B, S, T, D)
+        temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(
+            timestep.flatten(), encoder_hidden_states, None, timestep_seq_len=num_segments
+        )  # temb (B, S, D): one time embedding per segment, broadcast over its tokens later
+        timestep_proj = timestep_proj.unflatten(2, (6, -1))  # (B, S, 6, D)
+
+        # 3. Transformer blocks
+        layer_states = state.layers if state is not None else (None,) * len(self.blocks)
+        new_layer_states = []
+        for block, layer_state in zip(self.blocks, layer_states):
+            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, mode, layout, layer_state)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                hidden_states, layer_state = self._gradient_checkpointing_func(block, *args)
+            else:
+                hidden_states, layer_state = block(*args)
+            new_layer_states.append(layer_state)
+        if mode is ForwardMode.COMMIT:
+            new_state = LaCTState(tuple(new_layer_states), state.num_chunks + 1)
+            return LaCTTransformerOutput(sample=None, state=new_state) if return_dict else (None, new_state)
+
+        # 4. Output norm and projection, for the noisy segments only
+        if layout is not None:
+            hidden_states, temb = hidden_states[:, : layout.num_noisy], temb[:, : layout.num_noisy]
+        shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)  # (B, S', 1, D)
+        hidden_states = (self.norm_out(hidden_states.float()) * (1 + scale) + shift).type_as(hidden_states)
+        hidden_states = self.proj_out(hidden_states)  # (B, S', T, C*p_t*p_h*p_w)
+
+        # 5. Unpatchify
+        s = hidden_states.shape[1]
+        hidden_states = hidden_states.reshape(b * s, k // p_t, height // p_h, width // p_w, p_t, p_h, p_w, -1)
+        output = hidden_states.permute(0, 7, 1, 4, 2, 5, 3, 6).flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        output = output.unflatten(0, (b, s))  # (B, S', C, k, H, W)
+        if layout is not None:
+            output = output.unflatten(1, (layout.num_chunks, layout.num_repeat))  # (B, N, R, C, k, H, W)
+            output = output.permute(0, 2, 3, 1, 4, 5, 6).flatten(3, 4)  # (B, R, C, F, H, W)
+        else:
+            output = output[:, 0]  # (B, C, k, H, W)
+        return LaCTTransformerOutput(sample=output, state=state) if return_dict else (output, state)
+
+
+def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_norm, config) -> None:
+    """Clear errors for LaCT configs that do not add up."""
+    if image_dim is not None or added_kv_proj_dim is not None:
+        raise ValueError("LaCT patches Wan text-to-video models; image conditioning (I2V) is not supported.")
+    if qk_norm != "rms_norm_across_heads":
+        raise ValueError(f"qk_norm={qk_norm!r} is not supported; Wan2.1 uses 'rms_norm_across_heads'.")
+    if patch_size[0] != 1:
+        raise ValueError(f"LaCT chunks latent frames, so the temporal patch size must be 1; got {patch_size}.")
+    if config.fw_head_dim <= 0 or dim % config.fw_head_dim:
+        raise ValueError(f"fw_head_dim={config.fw_head_dim} must divide the model dim {dim}.")
+    if config.inter_multi < 1:
+        raise ValueError(f"inter_multi must be >= 1; got {config.inter_multi}.")
+    if config.chunk_frames < 1 or config.num_repeat < 1:
+        raise ValueError(f"chunk_frames and num_repeat must be >= 1; got {config.chunk_frames}, {config.num_repeat}.")
+    if config.window_size is not None and config.window_size < 1:
+        raise ValueError(f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}.")
+    if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
+        raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
+    if config.muon_dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"muon_dtype must be 'float32', 'bfloat16' or 'float16'; got {config.muon_dtype!r}.")

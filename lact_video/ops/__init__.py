@@ -1,0 +1,1 @@
+"""Pure tensor ops: fast paths with their plain references beside them."""

@@ -1,0 +1,163 @@
+"""Large-chunk fast-weight memory: the fast path (LaCT paper, Sec. 3; spec Sec. 3b).
+
+The memory is a SwiGLU MLP per (sample, head), `f_S(u) = W1 (silu(W0 u) * (W2 u))`, whose weights
+`S = (W0, W1, W2)` take one lr-weighted gradient step per *whole chunk* of clean tokens. Each step
+is a handful of `(dh x T) @ (T x d)` GEMMs, which is what makes large chunks hardware friendly.
+
+Shapes (batch and heads are folded into one leading dim `B`, i.e. `B = batch * Hf`):
+    w0, w2: (B, dh, d)    w1: (B, d, dh)
+    q, k, v: (B, L, d)    lr: (B, L, 3), rates for (w0, w1, w2)    momentum: (B,)
+
+Speed notes: W0 and W2 always see the same input, so they are applied as one GEMM against the
+stacked `(2dh, d)` matrix, and their gradients come out of one GEMM too. The plain reference in
+`naive.py` walks the same maths one segment at a time without these fusions.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..muon import zeropower_via_newtonschulz5
+
+# Keeps the weight-norm rescale finite for an all-zero row.
+WEIGHT_NORM_EPS = 1e-5
+
+
+class FastWeights(NamedTuple):
+    """One SwiGLU fast-weight MLP per leading index. Also used for momentum buffers and row norms."""
+
+    w0: torch.Tensor  # (B, dh, d)
+    w1: torch.Tensor  # (B, d, dh)
+    w2: torch.Tensor  # (B, dh, d)
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """How a chunk's gradient becomes a weight update (spec Sec. 3b, "Update")."""
+
+    momentum: bool = False  # dW <- dW + m * dW_prev, applied before Muon
+    muon: bool = False  # replace dW by its Newton-Schulz orthogonalisation
+    weight_norm: bool = True  # rescale each row to its norm in the initial state
+    muon_dtype: torch.dtype = torch.float32  # bf16 is the authors' GPU choice
+
+
+def row_norms(weights: FastWeights) -> FastWeights:
+    """Per-row L2 norms `(B, rows, 1)`: the targets of weight norm, taken from the initial state."""
+    return FastWeights(*(w.norm(dim=-1, keepdim=True) for w in weights))
+
+
+def fast_weight_apply(weights: FastWeights, query: torch.Tensor) -> torch.Tensor:
+    """Memory read-out `f_S(q)` for every token. `query` (B, L, d) -> (B, L, d)."""
+    dh = weights.w0.shape[1]
+    w02 = torch.cat([weights.w0, weights.w2], dim=1)  # (B, 2dh, d)
+    gate, hidden = torch.bmm(query, w02.transpose(1, 2)).split(dh, dim=-1)  # 2 x (B, L, dh)
+    return torch.bmm(F.silu(gate) * hidden, weights.w1.transpose(1, 2))  # (B, L, d)
+
+
+def fast_weight_gradient(weights: FastWeights, key: torch.Tensor, value: torch.Tensor, lr: torch.Tensor) -> FastWeights:
+    """Negative gradient of `L = -sum_j eta_j f_S(k_j) . v_j`, one lr per token and matrix.
+
+    Args:
+        key: (B, T, d) L2-normalised keys.  value: (B, T, d).  lr: (B, T, 3).
+
+    Returns:
+        The update directions `(dW0, dW1, dW2)`, shaped like the weights.
+    """
+    dh = weights.w0.shape[1]
+    w02 = torch.cat([weights.w0, weights.w2], dim=1)  # (B, 2dh, d)
+    gate, hidden = torch.bmm(key, w02.transpose(1, 2)).split(dh, dim=-1)  # 2 x (B, T, dh)
+    delta = torch.bmm(value, weights.w1)  # W1^T v: (B, T, dh)
+    sig = torch.sigmoid(gate)
+    silu_gate = gate * sig
+    lr0, lr1, lr2 = lr.unsqueeze(-1).unbind(-2)  # 3 x (B, T, 1)
+    # d silu(g)/dg = sig * (1 + g * (1 - sig)).
+    grad_gate = delta * hidden * (sig + silu_gate * (1 - sig)) * lr0  # (B, T, dh)
+    grad_hidden = delta * silu_gate * lr2  # (B, T, dh)
+    d02 = torch.bmm(torch.cat([grad_gate, grad_hidden], dim=-1).transpose(1, 2), key)  # (B, 2dh, d)
+    d1 = torch.bmm((value * lr1).transpose(1, 2), silu_gate * hidden)  # (B, d, dh)
+    d0, d2 = d02.split(dh, dim=1)
+    return FastWeights(d0, d1, d2)
+
+
+def fast_weight_update(
+    weights: FastWeights,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    lr: torch.Tensor,
+    rule: UpdateRule,
+    norms: FastWeights | None = None,
+    momentum: torch.Tensor | None = None,
+    previous_update: FastWeights | None = None,
+) -> tuple[FastWeights, FastWeights | None]:
+    """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm.
+
+    Args:
+        norms: row norms of the initial state (`row_norms`), required when `rule.weight_norm`.
+        momentum: (B,) the chunk's mean momentum gate, required when `rule.momentum`.
+        previous_update: the previous chunk's momentum-accumulated update, `None` before the first.
+
+    Returns:
+        The new weights and the update to carry as `previous_update` (`None` without momentum).
+    """
+    update = fast_weight_gradient(weights, key, value, lr)
+    carried = None
+    if rule.momentum:
+        if previous_update is not None:
+            m = momentum.view(-1, 1, 1)  # (B, 1, 1)
+            update = FastWeights(*(u + m * p for u, p in zip(update, previous_update)))
+        carried = update
+    if rule.muon:
+        update = FastWeights(*(zeropower_via_newtonschulz5(u, rule.muon_dtype) for u in update))
+    new = [w + u for w, u in zip(weights, update)]
+    if rule.weight_norm:
+        new = [w / (w.norm(dim=-1, keepdim=True) + WEIGHT_NORM_EPS) * n for w, n in zip(new, norms)]
+    return FastWeights(*new), carried
+
+
+def fast_weight_teacher_forcing(
+    weights: FastWeights,
+    noisy_query: torch.Tensor,
+    clean_query: torch.Tensor,
+    clean_key: torch.Tensor,
+    clean_value: torch.Tensor,
+    clean_lr: torch.Tensor,
+    rule: UpdateRule,
+    clean_momentum: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The memory over a whole teacher-forcing sequence, one short loop over chunks.
+
+    Noisy segments of chunk `i` read the state after updates on `c_0 .. c_{i-1}`; clean chunk `c_i`
+    updates the state and then reads it. So step `i` applies one state to `[n_i, c_{i-1}]` together
+    (one large apply) and then updates on `c_i`: the same two calls inference makes per chunk.
+
+    Args:
+        weights: the initial state, (B, ...) as in `FastWeights`.
+        noisy_query: (B, N, Ln, d), all noisy copies of each chunk (`Ln = R * T`).
+        clean_query, clean_key, clean_value: (B, N-1, T, d), clean chunks `c_0 .. c_{N-2}`.
+        clean_lr: (B, N-1, T, 3).  clean_momentum: (B, N-1) mean momentum gate per clean chunk.
+
+    Returns:
+        `(noisy_out (B, N, Ln, d), clean_out (B, N-1, T, d))`.
+    """
+    num_chunks, noisy_len = noisy_query.shape[1], noisy_query.shape[2]
+    norms = row_norms(weights) if rule.weight_norm else None
+    previous = None
+    noisy_out, clean_out = [], []
+    for i in range(num_chunks):
+        if i == 0:
+            noisy_out.append(fast_weight_apply(weights, noisy_query[:, 0]))
+        else:
+            both = torch.cat([noisy_query[:, i], clean_query[:, i - 1]], dim=1)  # (B, Ln + T, d)
+            out = fast_weight_apply(weights, both)
+            noisy_out.append(out[:, :noisy_len])
+            clean_out.append(out[:, noisy_len:])
+        if i < num_chunks - 1:
+            momentum = clean_momentum[:, i] if rule.momentum else None
+            weights, previous = fast_weight_update(
+                weights, clean_key[:, i], clean_value[:, i], clean_lr[:, i], rule, norms, momentum, previous
+            )
+    noisy = torch.stack(noisy_out, dim=1)
+    clean = torch.stack(clean_out, dim=1) if clean_out else clean_query.new_zeros(clean_query.shape)
+    return noisy, clean

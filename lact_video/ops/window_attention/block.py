@@ -1,0 +1,70 @@
+"""Block-sparse window attention for the interleaved teacher-forcing sequence (spec Sec. 3a).
+
+The mask is never materialised. Segments are grouped by what they may see, and each group is one
+batched attention call over chunk-sized pieces, so the cost is linear in the number of chunks:
+
+- clean segments and the noisy copies of chunk 0 see only themselves;
+- a noisy copy of chunk `i > 0` sees itself plus the last `window` tokens of clean chunk `c_{i-1}`.
+
+Noisy copies of one chunk never see each other because each copy is its own batch row. Inference
+calls `attend` with the cached tail of the previous clean chunk, which is the same computation.
+
+Shapes: `T` tokens per chunk, `H` heads, `D` head dim, `W` window tokens, `R` noisy copies.
+"""
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    context_key: torch.Tensor | None = None,
+    context_value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention of each piece over itself and an optional context prefix.
+
+    Args:
+        query, key, value: (..., T, H, D); the leading dims are independent pieces.
+        context_key, context_value: (..., W, H, D) extra keys and values each piece also sees.
+
+    Returns:
+        (..., T, H, D).
+    """
+    if context_key is not None:
+        key = torch.cat([context_key, key], dim=-3)  # (..., W + T, H, D)
+        value = torch.cat([context_value, value], dim=-3)
+    lead = query.shape[:-3]
+    # diffusers' dispatcher picks the backend (native SDPA by default, flash/sage when the user
+    # selects one), so the flash-attention path stays optional.
+    out = dispatch_attention_fn(query.flatten(0, -4), key.flatten(0, -4), value.flatten(0, -4))
+    return out.view(*lead, *out.shape[1:])
+
+
+def window_attention_teacher_forcing(
+    noisy: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    clean: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    window: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window attention over a whole teacher-forcing sequence.
+
+    Args:
+        noisy: (q, k, v), each (B, N, R, T, H, D): every noisy copy of every chunk.
+        clean: (q, k, v), each (B, N-1, T, H, D): clean chunks `c_0 .. c_{N-2}`.
+        window: how many trailing tokens of `c_{i-1}` a noisy copy of chunk `i` sees (1 .. T).
+
+    Returns:
+        `(noisy_out (B, N, R, T, H, D), clean_out (B, N-1, T, H, D))`.
+    """
+    (nq, nk, nv), (cq, ck, cv) = noisy, clean
+    num_repeat = nq.shape[2]
+    clean_out = attend(cq, ck, cv)
+    first = attend(nq[:, :1], nk[:, :1], nv[:, :1])  # (B, 1, R, T, H, D)
+    if nq.shape[1] == 1:
+        return first, clean_out
+    # Tail of c_{i-1}, shared by the R copies of chunk i: (B, N-1, R, W, H, D), a view, no copy.
+    context_k = ck[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
+    context_v = cv[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
+    rest = attend(nq[:, 1:], nk[:, 1:], nv[:, 1:], context_k, context_v)
+    return torch.cat([first, rest], dim=1), clean_out
