@@ -1,0 +1,72 @@
+"""Encode clips and captions for Wan: VAE latents and UMT5 prompt embeddings.
+
+Both the latent cache (`finetune/precompute.py`) and on-the-fly training call these functions,
+so a cached run and an on-the-fly run see the same tensors. They mirror diffusers'
+`WanPipeline` (diffusers/pipelines/wan/pipeline_wan.py): `_get_t5_prompt_embeds` for the text,
+and for the latents the normalisation that `WanImageToVideoPipeline.prepare_latents` applies
+after encoding and `WanPipeline.__call__` undoes before decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+
+def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel latents_mean and 1/latents_std, shaped (1, C, 1, 1, 1) to broadcast."""
+    shape = (1, vae_config.z_dim, 1, 1, 1)
+    latents_mean = torch.tensor(vae_config.latents_mean).view(shape).to(like.device, like.dtype)
+    # As in WanPipeline, "latents_std" below holds the reciprocal of the config's std.
+    latents_std = 1.0 / torch.tensor(vae_config.latents_std).view(shape).to(like.device, like.dtype)
+    return latents_mean, latents_std
+
+
+def normalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """Raw VAE latents (B, C, F, h, w) to the unit-scale latents the transformer works in."""
+    latents_mean, latents_std = _latent_stats(vae_config, latents)
+    return (latents - latents_mean) * latents_std
+
+
+def denormalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
+    """The inverse of `normalize_latents`, exactly as `WanPipeline.__call__` does before decoding."""
+    latents_mean, latents_std = _latent_stats(vae_config, latents)
+    return latents / latents_std + latents_mean
+
+
+@torch.no_grad()
+def encode_videos(vae, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Normalised float32 latents (B, C, F, h, w) of clips (B, 3, 4F-3, 8h, 8w) in [-1, 1].
+
+    Takes the mean of the VAE posterior (`latent_dist.mode()`), so the same clip always gives
+    the same latents: a cache holds exactly what on-the-fly encoding would produce.
+    """
+    pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
+    latents = vae.encode(pixel_values).latent_dist.mode()
+    return normalize_latents(latents.float(), vae.config)
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, texts: list[str], max_sequence_length: int = 512) -> torch.Tensor:
+    """UMT5 prompt embeddings (B, L = max_sequence_length, D), zero past each prompt's real length.
+
+    Copied from diffusers.pipelines.wan.pipeline_wan.WanPipeline._get_t5_prompt_embeds, without
+    the per-prompt repeat, returned in the text encoder's dtype.
+    """
+    texts = [prompt_clean(text) for text in texts]
+    text_inputs = tokenizer(
+        texts,
+        padding="max_length",
+        max_length=max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    input_ids, mask = text_inputs.input_ids, text_inputs.attention_mask
+    seq_lens = mask.gt(0).sum(dim=1).long()
+    prompt_embeds = text_encoder(input_ids.to(text_encoder.device), mask.to(text_encoder.device)).last_hidden_state
+    prompt_embeds = [embeds[:length] for embeds, length in zip(prompt_embeds, seq_lens)]
+    return torch.stack(
+        [torch.cat([u, u.new_zeros(max_sequence_length - u.size(0), u.size(1))]) for u in prompt_embeds], dim=0
+    )
