@@ -53,16 +53,16 @@ class TeacherForcingLayout:
         return tuple(order)
 
     @cached_property
-    def grouped_order(self) -> torch.Tensor:
-        """Sequence positions of the grouped segments: `grouped = sequence[grouped_order]`, (S,)."""
+    def grouped_order(self) -> tuple[int, ...]:
+        """Sequence positions of the grouped segments: `grouped = sequence[grouped_order]`."""
         noisy = [s for s, (_, clean) in enumerate(self.segments) if not clean]
         clean = [s for s, (_, clean) in enumerate(self.segments) if clean]
-        return torch.tensor(noisy + clean)
+        return tuple(noisy + clean)
 
     @cached_property
-    def grouped_chunks(self) -> torch.Tensor:
-        """Chunk index of each grouped segment, (S,): rotary positions follow the chunk."""
-        return torch.tensor([self.segments[s][0] for s in self.grouped_order.tolist()])
+    def grouped_chunks(self) -> tuple[int, ...]:
+        """Chunk index of each grouped segment: rotary positions follow the chunk."""
+        return tuple(self.segments[s][0] for s in self.grouped_order)
 
 
 def interleave_teacher_forcing(noisy: torch.Tensor, clean: torch.Tensor, chunk_frames: int) -> torch.Tensor:

@@ -10,28 +10,28 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 
 def chunk_rotary_emb(
-    rope: WanRotaryPosEmbed, chunk_indices: torch.Tensor, chunk_frames: int, height: int, width: int
+    rope: WanRotaryPosEmbed, chunk_indices: tuple[int, ...], chunk_frames: int, height: int, width: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary tables for segments of whole chunks.
 
     Args:
         rope: the pretrained model's `WanRotaryPosEmbed` (its buffers hold the frequencies).
-        chunk_indices: (S,) chunk index of every segment.
+        chunk_indices: the chunk index of each of the `S` segments.
         height, width: post-patch token grid.
 
     Returns:
         `(cos, sin)`, each (S, T, 1, D) with `T = chunk_frames * height * width`, `D` the head dim.
     """
-    frames = chunk_indices[:, None] * chunk_frames + torch.arange(chunk_frames)  # (S, k)
-    longest = max(int(frames.max()) + 1, height, width)
+    longest = max((max(chunk_indices) + 1) * chunk_frames, height, width)
     if longest > rope.max_seq_len:
         raise ValueError(
             f"Positions up to {longest} exceed the rotary table of rope_max_seq_len={rope.max_seq_len} "
             f"(latent frames, or post-patch height/width). Generate at most {rope.max_seq_len} latent frames, "
             "or raise `rope_max_seq_len` in the transformer config (it adds no weights)."
         )
-    frames = frames.to(rope.freqs_cos.device)
-    s, k = frames.shape
+    device = rope.freqs_cos.device
+    frames = torch.tensor(chunk_indices, device=device)[:, None] * chunk_frames + torch.arange(chunk_frames, device=device)
+    s, k = frames.shape  # (S, k) frame positions
     tables = []
     for freqs in (rope.freqs_cos, rope.freqs_sin):
         f_t, f_h, f_w = freqs.split([rope.t_dim, rope.h_dim, rope.w_dim], dim=1)

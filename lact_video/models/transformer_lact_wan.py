@@ -284,7 +284,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
                     f"Teacher forcing needs one timestep per segment, shape ({b}, {num_segments}); got "
                     f"{tuple(timestep.shape)}. Build it with `lact_video.interleave_timesteps`."
                 )
-            order = layout.grouped_order.to(hidden_states.device)
+            order = torch.tensor(layout.grouped_order, device=hidden_states.device)
             hidden_states = hidden_states.unflatten(2, (num_segments, k)).index_select(2, order).flatten(2, 3)
             timestep = timestep.index_select(1, order)
             chunk_indices = layout.grouped_chunks
@@ -295,7 +295,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
                 raise ValueError(f"{mode.value} takes one chunk of chunk_frames={k} latent frames; got {num_frames}.")
             num_segments = 1
             timestep = timestep.expand(b).reshape(b, 1)
-            chunk_indices = torch.tensor([state.num_chunks])
+            chunk_indices = (state.num_chunks,)
         rotary_emb = chunk_rotary_emb(self.rope, chunk_indices, k, height // p_h, width // p_w)
 
         # 2. Patch embedding and per-segment conditioning
@@ -349,7 +349,8 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
     if patch_size[0] != 1:
         raise ValueError(f"LaCT chunks latent frames, so the temporal patch size must be 1; got {patch_size}.")
     if config.fw_head_dim <= 0 or dim % config.fw_head_dim:
-        raise ValueError(f"fw_head_dim={config.fw_head_dim} must divide the model dim {dim}.")
+        choices = [d for d in range(64, dim + 1, 64) if dim % d == 0] or [dim]
+        raise ValueError(f"fw_head_dim={config.fw_head_dim} must divide the model dim {dim}; e.g. one of {choices}.")
     if config.inter_multi < 1:
         raise ValueError(f"inter_multi must be >= 1; got {config.inter_multi}.")
     if config.chunk_frames < 1 or config.num_repeat < 1:
@@ -358,5 +359,5 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
         raise ValueError(f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}.")
     if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
         raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
-    if config.muon_dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"muon_dtype must be 'float32', 'bfloat16' or 'float16'; got {config.muon_dtype!r}.")
+    if config.muon_dtype not in ("float32", "float64", "bfloat16", "float16"):
+        raise ValueError(f"muon_dtype must be 'float32', 'float64', 'bfloat16' or 'float16'; got {config.muon_dtype!r}.")

@@ -47,7 +47,7 @@ def fast_weight_naive(w0, w1, w2, query, key, value, lr, momentum, is_clean, rul
         is_clean: `S` booleans; a clean segment updates the state, then reads it.
 
     Returns:
-        (B, S, T, d): every segment's memory read-out.
+        `(out (B, S, T, d), (w0, w1, w2))`: every segment's read-out and the final state.
     """
     weights = [w0, w1, w2]
     initial_norms = [w.norm(dim=-1, keepdim=True) for w in weights]
@@ -69,4 +69,4 @@ def fast_weight_naive(w0, w1, w2, query, key, value, lr, momentum, is_clean, rul
                     w / (w.norm(dim=-1, keepdim=True) + WEIGHT_NORM_EPS) * n for w, n in zip(weights, initial_norms)
                 ]
         outputs.append(naive_apply(*weights, query[:, s]))
-    return torch.stack(outputs, dim=1)
+    return torch.stack(outputs, dim=1), tuple(weights)

@@ -1,0 +1,74 @@
+"""accelerate + DeepSpeed set-up: the CPU-only fixes, and a report of how ZeRO-3 split the weights.
+
+See docs/platform-notes.md ("DeepSpeed ZeRO-3 on a CPU-only machine").
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import sys
+
+import torch
+
+
+def skip_deepspeed_shm_build() -> None:
+    """Without CUDA, stop DeepSpeed JIT-compiling its shared-memory comm op (60-80 s; training never uses it).
+
+    The attribute is set on the module object from `sys.modules`: `import deepspeed.comm.torch as m`
+    binds the real `torch` package (deepspeed.comm re-exports a `torch` name), so setting it through
+    `m` would silently do nothing.
+    """
+    if torch.cuda.is_available():
+        return
+    try:
+        importlib.import_module("deepspeed.comm.torch")
+    except ImportError:
+        return
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+def process_group_kwargs() -> list:
+    """accelerate kwargs handlers: gloo when launched (LOCAL_RANK set) on a machine without CUDA.
+
+    Without a GPU accelerate has no backend name, every rank believes it is rank 0 of 1, and the
+    first gather fails with "ProcessGroupGloo::allgather: invalid output tensor list".
+    """
+    from accelerate.utils import InitProcessGroupKwargs
+
+    if "LOCAL_RANK" in os.environ and not torch.cuda.is_available():
+        return [InitProcessGroupKwargs(backend="gloo")]
+    return []
+
+
+def resolve_deepspeed_config_file(search_root: str | os.PathLike) -> None:
+    """Let an accelerate config name its DeepSpeed JSON relative to the repository root.
+
+    `accelerate launch` passes the path on as written, relative to wherever it was launched
+    from; the recipes in configs/accelerate/ name theirs from the repository root. A relative
+    path that does not exist from the working directory is looked up under `search_root`.
+    """
+    key = "ACCELERATE_DEEPSPEED_CONFIG_FILE"
+    path = os.environ.get(key)
+    if not path or path == "none" or os.path.isabs(path) or os.path.exists(path):
+        return
+    candidate = pathlib.Path(search_root) / path
+    if candidate.exists():
+        os.environ[key] = str(candidate)
+
+
+def partition_report(model: torch.nn.Module) -> dict:
+    """This rank's share of the weights: under ZeRO-3, `ds_tensor` numel against the full `ds_numel`."""
+    params = list(model.parameters())
+    sharded = [p for p in params if hasattr(p, "ds_tensor")]
+    if not sharded:
+        full = sum(p.numel() for p in params)
+        return {"zero3": False, "local_numel": full, "full_numel": full, "num_params": len(params)}
+    return {
+        "zero3": True,
+        "local_numel": sum(p.ds_tensor.numel() for p in sharded),
+        "full_numel": sum(p.ds_numel for p in sharded),
+        "num_params": len(params),
+        "num_partitioned": len(sharded),
+    }
