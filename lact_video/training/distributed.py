@@ -5,6 +5,7 @@ See docs/platform-notes.md ("DeepSpeed ZeRO-3 on a CPU-only machine").
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import pathlib
@@ -56,6 +57,30 @@ def resolve_deepspeed_config_file(search_root: str | os.PathLike) -> None:
     candidate = pathlib.Path(search_root) / path
     if candidate.exists():
         os.environ[key] = str(candidate)
+
+
+@contextlib.contextmanager
+def zero3_init_disabled():
+    """Load models whole inside this block, never as ZeRO-3 shards (frozen encoders, the model before `prepare`).
+
+    accelerate registers its DeepSpeed config with transformers whenever ZeRO-3 is on, whatever
+    `zero3_init_flag` says (and its `zero3_init_context_manager(enable=False)` registers it again),
+    so `from_pretrained` would build the text encoder under `deepspeed.zero.Init`: empty shards that
+    cannot run outside a DeepSpeed engine. Unregister it for the block.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    registered = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if registered is not None:
+            hf_deepspeed.set_hf_deepspeed_config(registered)
 
 
 def partition_report(model: torch.nn.Module) -> dict:

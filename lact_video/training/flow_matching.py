@@ -17,6 +17,8 @@ from enum import Enum
 import numpy as np
 import torch
 
+from ..sequence import interleave_teacher_forcing, interleave_timesteps
+
 # The token-following shift of the authors' Wan recipe: log(s) is linear in the tokens per chunk
 # through these two (tokens, shift) points, and extrapolated outside them.
 SHIFT_ANCHORS = ((32760, 3.0), (73710, 5.0))
@@ -128,9 +130,9 @@ def reduce_chunk_losses(mse: torch.Tensor, weights: torch.Tensor | None = None) 
     return loss, mse.detach().mean(dim=(0, 1))
 
 
-def sample_seed(seed: int, position: int) -> int:
-    """A 63-bit seed for the sample drawn at global `position` of a run seeded with `seed`."""
-    return int(np.random.SeedSequence([seed, position]).generate_state(2, dtype=np.uint64)[0] >> 1)
+def sample_seed(*key: int) -> int:
+    """A 63-bit generator seed from non-negative integers, e.g. (run seed, sample position)."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def draw_sample_randomness(
@@ -165,3 +167,36 @@ def draw_sample_randomness(
         noises.append(torch.randn((num_repeat, c, f, h, w), generator=generator))
         drops.append(torch.rand((), generator=generator) < caption_dropout)
     return torch.stack(ts), torch.stack(noises), torch.stack(drops)
+
+
+def teacher_forcing_loss(
+    model,
+    latents: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    chunk_frames: int,
+    weights: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One teacher-forced flow-matching loss over a batch of clips.
+
+    Args:
+        model: a `LaCTWanTransformer3DModel` (or its DeepSpeed/DDP wrapper).
+        latents: (B, C, F, H, W) clean latents.
+        prompt_embeds: (B, L, D).
+        t: (B, R, N) shifted times in [0, 1]; the model sees `1000 t`.
+        noise: (B, R, C, F, H, W).
+        weights: (B, R, N) optional loss weights.
+        dtype: the dtype of the model's inputs (bf16 under DeepSpeed bf16); the loss is float32.
+
+    Returns:
+        `reduce_chunk_losses`: the scalar loss and the (N,) per-chunk mean squared errors.
+    """
+    dtype = dtype or latents.dtype
+    noisy = add_noise(latents, noise, t, chunk_frames)  # (B, R, C, F, H, W)
+    sequence = interleave_teacher_forcing(noisy, latents, chunk_frames)  # (B, C, S*k, H, W)
+    timesteps = interleave_timesteps(t * 1000)  # (B, S), 0 on clean segments
+    pred = model(sequence.to(dtype), timesteps, prompt_embeds.to(dtype)).sample  # (B, R, C, F, H, W)
+    mse = chunk_mse(pred, velocity_target(latents, noise), chunk_frames)  # (B, R, N)
+    return reduce_chunk_losses(mse, weights)

@@ -71,13 +71,14 @@ def fast_weight_gradient(weights: FastWeights, key: torch.Tensor, value: torch.T
     delta = torch.bmm(value, weights.w1)  # W1^T v: (B, T, dh)
     sig = torch.sigmoid(gate)
     silu_gate = gate * sig
+    # The per-token rates scale the (T, d) side of each outer product: fewer elements than (T, dh).
     lr0, lr1, lr2 = lr.unsqueeze(-1).unbind(-2)  # 3 x (B, T, 1)
-    # d silu(g)/dg = sig * (1 + g * (1 - sig)).
-    grad_gate = delta * hidden * (sig + silu_gate * (1 - sig)) * lr0  # (B, T, dh)
-    grad_hidden = delta * silu_gate * lr2  # (B, T, dh)
-    d02 = torch.bmm(torch.cat([grad_gate, grad_hidden], dim=-1).transpose(1, 2), key)  # (B, 2dh, d)
+    grad_hidden = delta * silu_gate  # (B, T, dh)
+    # d silu(g)/dg = sig + silu(g) * (1 - sig).
+    grad_gate = delta * hidden * torch.addcmul(sig, silu_gate, 1 - sig)  # (B, T, dh)
+    d0 = torch.bmm(grad_gate.transpose(1, 2), key * lr0)  # (B, dh, d)
+    d2 = torch.bmm(grad_hidden.transpose(1, 2), key * lr2)  # (B, dh, d)
     d1 = torch.bmm((value * lr1).transpose(1, 2), silu_gate * hidden)  # (B, d, dh)
-    d0, d2 = d02.split(dh, dim=1)
     return FastWeights(d0, d1, d2)
 
 
@@ -141,23 +142,28 @@ def fast_weight_teacher_forcing(
     Returns:
         `(noisy_out (B, N, Ln, d), clean_out (B, N-1, T, d))`.
     """
-    num_chunks, noisy_len = noisy_query.shape[1], noisy_query.shape[2]
+    num_chunks, noisy_len, clean_shape = noisy_query.shape[1], noisy_query.shape[2], clean_query.shape
     norms = row_norms(weights) if rule.weight_norm else None
+    # unbind, not indexing: the backward of N slices would write N full-size gradient buffers,
+    # which makes training quadratic in the number of chunks; unbind's backward is one stack.
+    noisy_query = noisy_query.unbind(1)
+    clean_query, clean_key, clean_value, clean_lr = (x.unbind(1) for x in (clean_query, clean_key, clean_value, clean_lr))
+    clean_momentum = clean_momentum.unbind(1) if rule.momentum else None
     previous = None
     noisy_out, clean_out = [], []
     for i in range(num_chunks):
         if i == 0:
-            noisy_out.append(fast_weight_apply(weights, noisy_query[:, 0]))
+            noisy_out.append(fast_weight_apply(weights, noisy_query[0]))
         else:
-            both = torch.cat([noisy_query[:, i], clean_query[:, i - 1]], dim=1)  # (B, Ln + T, d)
+            both = torch.cat([noisy_query[i], clean_query[i - 1]], dim=1)  # (B, Ln + T, d)
             out = fast_weight_apply(weights, both)
             noisy_out.append(out[:, :noisy_len])
             clean_out.append(out[:, noisy_len:])
         if i < num_chunks - 1:
-            momentum = clean_momentum[:, i] if rule.momentum else None
+            momentum = clean_momentum[i] if rule.momentum else None
             weights, previous = fast_weight_update(
-                weights, clean_key[:, i], clean_value[:, i], clean_lr[:, i], rule, norms, momentum, previous
+                weights, clean_key[i], clean_value[i], clean_lr[i], rule, norms, momentum, previous
             )
     noisy = torch.stack(noisy_out, dim=1)
-    clean = torch.stack(clean_out, dim=1) if clean_out else clean_query.new_zeros(clean_query.shape)
+    clean = torch.stack(clean_out, dim=1) if clean_out else noisy.new_zeros(clean_shape)
     return noisy, clean

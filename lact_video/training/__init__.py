@@ -1,0 +1,10 @@
+"""Training helpers for finetuning Wan2.1 into an autoregressive LaCT model (finetune/finetune.py).
+
+- `flow_matching`: the objective as pure functions (timesteps, shift, noising, per-chunk loss);
+- `sampling`: which sample each process reads at each step (exact, cheap resumption);
+- `trainable`: trainable modules and optimizer groups, by module type;
+- `ema`: an EMA of the weights that keeps each rank's ZeRO-3 slice;
+- `checkpointing`: atomic checkpoints, `latest`, pruning;
+- `export`: the diffusers pipeline folder of a trained model;
+- `distributed`: accelerate/DeepSpeed set-up on machines with and without CUDA.
+"""

@@ -1,0 +1,79 @@
+"""Export a trained LaCT transformer as a diffusers pipeline folder that `LaCTVideoPipeline` loads.
+
+The folder holds `transformer/` (the LaCT transformer, `save_pretrained`), the base model's
+`vae/`, `text_encoder/`, `tokenizer/` and `scheduler/` unchanged, and `model_index.json` naming
+`LaCTVideoPipeline` with the transformer class from `lact_video.models.transformer_lact_wan`, as
+the pipeline's own `save_pretrained` writes it. `model_index.json` is written last: a folder
+without it is an unfinished export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from contextlib import nullcontext
+
+import diffusers
+from accelerate import init_empty_weights
+
+from ..models import LaCTWanTransformer3DModel
+
+PIPELINE_CLASS = "LaCTVideoPipeline"
+BASE_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "vae")
+
+
+def local_model_folder(pretrained_model_name_or_path: str, revision: str | None = None) -> pathlib.Path:
+    """The local folder of a diffusers model: the path itself, or its snapshot in the hub cache."""
+    if os.path.isdir(pretrained_model_name_or_path):
+        return pathlib.Path(pretrained_model_name_or_path)
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json"] + [f"{c}/*" for c in BASE_COMPONENTS]
+    return pathlib.Path(snapshot_download(pretrained_model_name_or_path, revision=revision, allow_patterns=patterns))
+
+
+def model_index(base_folder: pathlib.Path) -> dict:
+    """`model_index.json` for the exported folder, from the base Wan folder's one."""
+    base = json.loads((base_folder / "model_index.json").read_text())
+    index = {"_class_name": PIPELINE_CLASS, "_diffusers_version": diffusers.__version__}
+    for component in BASE_COMPONENTS:
+        index[component] = base[component]
+    index["transformer"] = [LaCTWanTransformer3DModel.__module__, LaCTWanTransformer3DModel.__name__]
+    return dict(sorted(index.items()))
+
+
+def save_transformer(state_dict: dict, config, path: str | os.PathLike) -> None:
+    """Save a full transformer state dict (e.g. gathered from ZeRO-3 shards) with `save_pretrained`."""
+    with init_empty_weights():
+        model = LaCTWanTransformer3DModel.from_config(config)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.save_pretrained(path)
+
+
+def export_pipeline(accelerator, model, base_model: str, export_dir, ema=None, revision=None, extra_files=None):
+    """Write the pipeline folder (all processes call this: under ZeRO-3 the gather is collective).
+
+    Args:
+        model: the prepared transformer.
+        ema: a `ShardedEMA` to export instead of the raw weights, or None.
+        extra_files: {file name: text} written beside model_index.json (e.g. the training config).
+    """
+    with ema.swapped_in() if ema is not None else nullcontext():
+        state_dict = accelerator.get_state_dict(model)
+    export_dir = pathlib.Path(export_dir)
+    if accelerator.is_main_process:
+        export_dir.mkdir(parents=True, exist_ok=True)
+        (export_dir / "model_index.json").unlink(missing_ok=True)
+        save_transformer(state_dict, accelerator.unwrap_model(model).config, export_dir / "transformer")
+        base = local_model_folder(base_model, revision)
+        for component in BASE_COMPONENTS:
+            if (export_dir / component).exists():
+                shutil.rmtree(export_dir / component)
+            shutil.copytree(base / component, export_dir / component)
+        for name, text in (extra_files or {}).items():
+            (export_dir / name).write_text(text)
+        (export_dir / "model_index.json").write_text(json.dumps(model_index(base), indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return export_dir
