@@ -74,6 +74,8 @@ PARITY = {
     "no-weight-norm": {"weight_norm": False},
     "memory-in-block-1-only": {"lact_blocks": [1]},
     "swa-only": {"lact_blocks": []},
+    "full-causal-baseline": {"attention_mode": "full_causal", "lact_blocks": []},
+    "full-causal-with-memory-R2": {"attention_mode": "full_causal", "num_repeat": 2},
     # Newton-Schulz amplifies the fp32 rounding differences of differently batched projections by
     # ~100x (it inflates small singular values), so Muon parity is shown in fp64, where it is exact
     # up to Wan's fp32 layer norms, and checked in fp32 at a looser bound.
@@ -191,8 +193,9 @@ def test_gradient_checkpointing_gives_same_gradients(wan):
         ({"window_size": 0}, "window_size"),
         ({"muon_dtype": "float8"}, "muon_dtype"),
         ({"fast_weights": 3}, "Unknown LaCT config keys"),
+        ({"attention_mode": "dense"}, "attention_mode must be one of"),
     ],
-    ids=["fw_head_dim", "lact_blocks", "chunk_frames", "window", "muon_dtype", "unknown-key"],
+    ids=["fw_head_dim", "lact_blocks", "chunk_frames", "window", "muon_dtype", "unknown-key", "attention-mode"],
 )
 def test_bad_configs_raise(wan, config, match):
     with pytest.raises(ValueError, match=match):
@@ -250,3 +253,29 @@ def test_real_configs_instantiate_and_run(name):
     seq = interleave_teacher_forcing(noisy, clean, 3)
     out = model(seq, torch.rand(1, 13, device="cuda") * 1000, torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16))
     assert out.sample.shape == noisy.shape and torch.isfinite(out.sample).all()
+
+
+def test_full_causal_baseline_sees_further_than_the_window(wan):
+    """With two chunks, the whole-chunk window and full attention coincide; from chunk 2 on they differ."""
+    window = lact_model(wan, lact_blocks=[])
+    full = lact_model(wan, lact_blocks=[], attention_mode="full_causal")
+    clean, noisy, t, text = clip(n=3)
+    with torch.no_grad():
+        a, b = teacher_forcing(window, clean, noisy, t, text), teacher_forcing(full, clean, noisy, t, text)
+    torch.testing.assert_close(a[:, :, :, : 2 * K], b[:, :, :, : 2 * K], rtol=1e-6, atol=1e-6)
+    assert rel_err(a[:, :, :, 2 * K :], b[:, :, :, 2 * K :]) > 1e-3
+
+
+def test_swa_equals_lact_with_memory_removed(wan):
+    lact = lact_model(wan)
+    with torch.no_grad():
+        for memory in lact.modules():
+            if isinstance(memory, FastWeightMemory):
+                memory.gate_proj.weight.zero_()
+                memory.gate_proj.bias.zero_()
+    swa = LaCTWanTransformer3DModel.from_wan(wan, chunk_frames=K, fw_head_dim=8, lact_blocks=[]).eval()
+    clean, noisy, t, text = clip()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher_forcing(swa, clean, noisy, t, text), teacher_forcing(lact, clean, noisy, t, text), rtol=0, atol=0
+        )

@@ -11,7 +11,7 @@ Shapes: `B` batch, `S` segments, `T` tokens per chunk, `C` model dim, `H` heads,
 import torch
 import torch.nn as nn
 
-from ..ops.window_attention import attend, window_attention_teacher_forcing
+from ..ops.window_attention import attend, full_causal_attention_teacher_forcing, window_attention_teacher_forcing
 from ..sequence import TeacherForcingLayout
 from ..state import ForwardMode, LayerState
 from .fast_weight_memory import FastWeightMemory
@@ -19,10 +19,25 @@ from .rotary import apply_rotary_emb
 
 
 class LaCTAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, eps: float, window_size: int | None, memory: FastWeightMemory | None):
+    """Args:
+        window_size: trailing tokens of the previous clean chunk a noisy chunk sees (None: all of it).
+        full_causal: the full-attention baseline instead of the window: every segment sees all earlier
+            clean chunks, and the inference state keeps every committed chunk's keys and values.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        eps: float,
+        window_size: int | None,
+        memory: FastWeightMemory | None,
+        full_causal: bool = False,
+    ):
         super().__init__()
         self.heads = heads
         self.window_size = window_size  # None: the whole previous chunk
+        self.full_causal = full_causal
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
@@ -65,21 +80,30 @@ class LaCTAttention(nn.Module):
         v = self.to_v(hidden_states)
         qh, kh, vh = (x.unflatten(-1, (self.heads, -1)) for x in (q, k, v))  # (B, S, T, H, D)
         qh, kh = apply_rotary_emb(qh, *rotary_emb), apply_rotary_emb(kh, *rotary_emb)
-        window = self._window(hidden_states.shape[2])
+        window = None if self.full_causal else self._window(hidden_states.shape[2])
 
-        # 2. Window attention.
+        # 2. Window (or full block-causal) attention.
         new_state = state
+        context = (None, None)
+        if state is not None and state.key is not None:
+            context = (state.key[:, None], state.value[:, None])  # (B, 1, W, H, D)
         if mode is ForwardMode.TEACHER_FORCING:
-            b, n, r, noisy = qh.shape[0], layout.num_chunks, layout.num_repeat, layout.num_noisy
-            noisy_out, clean_out = window_attention_teacher_forcing(
-                tuple(x[:, :noisy].unflatten(1, (n, r)) for x in (qh, kh, vh)),  # (B, N, R, T, H, D)
-                tuple(x[:, noisy:] for x in (qh, kh, vh)),  # (B, N-1, T, H, D)
-                window,
-            )
+            n, r, noisy = layout.num_chunks, layout.num_repeat, layout.num_noisy
+            noisy_qkv = tuple(x[:, :noisy].unflatten(1, (n, r)) for x in (qh, kh, vh))  # (B, N, R, T, H, D)
+            clean_qkv = tuple(x[:, noisy:] for x in (qh, kh, vh))  # (B, N-1, T, H, D)
+            if self.full_causal:
+                noisy_out, clean_out = full_causal_attention_teacher_forcing(noisy_qkv, clean_qkv)
+            else:
+                noisy_out, clean_out = window_attention_teacher_forcing(noisy_qkv, clean_qkv, window)
             out = torch.cat([noisy_out.flatten(1, 2), clean_out], dim=1)  # (B, S, T, H, D)
         elif mode is ForwardMode.DENOISE:
-            context = (state.key[:, None], state.value[:, None]) if state.key is not None else (None, None)
             out = attend(qh, kh, vh, *context)
+        elif self.full_causal:  # COMMIT: the clean chunk sees all earlier ones; the cache keeps it too.
+            out = attend(qh, kh, vh, *context)
+            keep_k, keep_v = kh[:, 0], vh[:, 0]
+            if state.key is not None:
+                keep_k, keep_v = torch.cat([state.key, keep_k], dim=1), torch.cat([state.value, keep_v], dim=1)
+            new_state = LayerState(key=keep_k, value=keep_v)
         else:  # COMMIT: a clean chunk sees only itself, and its tail becomes the next window.
             out = attend(qh, kh, vh)
             new_state = LayerState(key=kh[:, 0, -window:], value=vh[:, 0, -window:])

@@ -52,7 +52,11 @@ LACT_CONFIG_KEYS = (
     "muon_dtype",
     "base_lr",
     "num_repeat",
+    "attention_mode",
 )
+
+# `attention_mode` values: LaCT's window, or the full-attention baseline of the reports.
+ATTENTION_MODES = ("window", "full_causal")
 
 
 @dataclass
@@ -121,6 +125,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         muon_dtype (`str`): precision of the Newton-Schulz iteration ("float32" or "bfloat16").
         base_lr (`float`): fast-weight learning rate at initialisation.
         num_repeat (`int`): noisy copies per chunk in the teacher-forcing sequence (`R`).
+        attention_mode (`str`): "window" (LaCT), or "full_causal", the full-attention baseline where
+            every segment sees all earlier clean chunks (cost grows with the video; for comparisons).
     """
 
     _supports_gradient_checkpointing = True
@@ -159,6 +165,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         muon_dtype: str = "float32",
         base_lr: float = 1e-3,
         num_repeat: int = 1,
+        attention_mode: str = "window",
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -192,6 +199,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
                     FastWeightMemory(dim, attention_head_dim, fw_head_dim, inter_multi, rule, base_lr)
                     if i in memory_blocks
                     else None,
+                    full_causal=attention_mode == "full_causal",
                 ),
             )
             for i in range(num_layers)
@@ -359,5 +367,7 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
         raise ValueError(f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}.")
     if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
         raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
+    if config.attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}; got {config.attention_mode!r}.")
     if config.muon_dtype not in ("float32", "float64", "bfloat16", "float16"):
         raise ValueError(f"muon_dtype must be 'float32', 'float64', 'bfloat16' or 'float16'; got {config.muon_dtype!r}.")

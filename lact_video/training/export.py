@@ -62,6 +62,10 @@ def export_pipeline(accelerator, model, base_model: str, export_dir, ema=None, r
     """
     with ema.swapped_in() if ema is not None else nullcontext():
         state_dict = accelerator.get_state_dict(model)
+        if ema is not None and not ema.sharded:
+            # Unsharded, the state dict shares storage with the weights, which get the raw values back
+            # when the block ends. (ZeRO-3's gathered state dict is a fresh copy already.)
+            state_dict = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
     export_dir = pathlib.Path(export_dir)
     if accelerator.is_main_process:
         export_dir.mkdir(parents=True, exist_ok=True)
