@@ -1,0 +1,285 @@
+"""Convert a LaCT minVid checkpoint into a diffusers folder that `LaCTVideoPipeline` loads.
+
+minVid is the LaCT authors' AR-video training code (LaCT repo, `lact_ar_video/minVid`); its
+checkpoints are `.pt` or `.safetensors` state dicts.
+
+    python -m lact_video.convert --from minvid CKPT --base WAN_DIFFUSERS_DIR --output_dir OUT \
+        [--chunk_frames 3] [--window_size N] [--use_muon] [--muon_dtype float32] [--num_repeat 1]
+
+minVid keeps the ORIGINAL Wan parameter names. The mapping:
+
+- Wrapper prefixes go first: leading `module.`, `model.`, `diffusion_model.`, `_orig_mod.`, and the
+  activation-checkpointing/FSDP/compile wrappers (`_checkpoint_wrapped_module.`, ...) anywhere.
+- The Wan part (`patch_embedding`, `text_embedding`, `blocks.N.self_attn.q`, `...cross_attn.o`,
+  `blocks.N.norm3`, `head.head`, ...) goes through diffusers' own
+  `convert_wan_transformer_to_diffusers`, exactly as a single-file Wan checkpoint does.
+- The LaCT part, `blocks.N.self_attn.{w0,w1,w2,qk_scale,qk_offset,lr_proj,momentum_proj,output_norm}`,
+  keeps its names under `blocks.N.attn1.memory.` (same shapes and layouts: lr_proj head-major,
+  qk_* [dim, 2] with [..., 0] for q); `ttt_scale_proj` (the scalar gate) becomes `memory.gate_proj`.
+
+The memory config is read off the tensors (fw_head_dim and inter_multi from w0's shape, lact_blocks
+from the blocks that have w0, use_momentum from momentum_proj); the rest of the LaCT config is not in
+a state dict and comes from the flags. A checkpoint without any LaCT keys (Wan-AI's own release) is a
+plain Wan base: it gets a freshly initialised memory with a zero gate (pure window attention), sized
+by --fw_head_dim/--inter_multi/--lact_blocks/--use_momentum. vae, text_encoder, tokenizer and
+scheduler are copied unchanged from --base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import re
+import shutil
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import WanTransformer3DModel
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+from .models import LaCTWanTransformer3DModel
+from .models.transformer_lact_wan import LACT_CONFIG_KEYS
+from .training.export import BASE_COMPONENTS, local_model_folder, model_index
+
+logger = logging.getLogger(__name__)
+
+# minVid name under `blocks.N.self_attn.` -> ours under `blocks.N.attn1.memory.`.
+MEMORY_NAMES = {
+    "w0": "w0",
+    "w1": "w1",
+    "w2": "w2",
+    "qk_scale": "qk_scale",
+    "qk_offset": "qk_offset",
+    "lr_proj": "lr_proj",
+    "momentum_proj": "momentum_proj",
+    "output_norm": "output_norm",
+    "ttt_scale_proj": "gate_proj",
+}
+_MEMORY_KEY = re.compile(rf"^blocks\.(\d+)\.self_attn\.({'|'.join(MEMORY_NAMES)})(\..+)?$")
+_LEADING_PREFIXES = ("module.", "model.", "diffusion_model.", "_orig_mod.")
+_WRAPPERS = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
+# Containers that training scripts wrap a state dict in, most specific first.
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "generator", "net")
+# Config keys read off the tensors; the flags may repeat them only if they agree.
+INFERRED_KEYS = ("fw_head_dim", "inter_multi", "lact_blocks", "use_momentum")
+
+
+def strip_prefixes(key: str) -> str:
+    for wrapper in _WRAPPERS:  # wrappers sit at any depth (e.g. per-block checkpointing)
+        key = key.replace(wrapper, "")
+    while key.startswith(_LEADING_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
+def convert_minvid_state_dict(state_dict: dict, wan_config: dict) -> tuple[dict, dict]:
+    """minVid (original Wan names + LaCT) -> (diffusers state dict, inferred LaCT config).
+
+    The inferred config holds `INFERRED_KEYS`, or is empty for a checkpoint without LaCT keys (a plain
+    Wan base, whose memory is then missing legitimately). Raises ValueError listing every unknown,
+    missing or wrongly shaped key (in diffusers names).
+    """
+    stripped = {}
+    for key, value in state_dict.items():
+        name = strip_prefixes(key)
+        if name in stripped:
+            raise ValueError(f"Keys {key!r} and another one both become {name!r} once wrapper prefixes are stripped.")
+        stripped[name] = value
+    base, converted = {}, {}
+    for name, value in stripped.items():
+        match = _MEMORY_KEY.match(name)
+        if match:  # ours: kept away from diffusers' substring renames
+            block, param, rest = match.groups()
+            converted[f"blocks.{block}.attn1.memory.{MEMORY_NAMES[param]}{rest or ''}"] = value
+        else:
+            base[name] = value
+    converted.update(convert_wan_transformer_to_diffusers(base))  # pops from its argument: a fresh dict
+
+    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in LACT_CONFIG_KEYS}
+    lact_config = infer_lact_config(converted, wan_config["num_layers"])
+    # Only shapes are needed; a base has no memory keys to expect (any valid fw_head_dim will do).
+    no_memory = {"lact_blocks": [], "fw_head_dim": wan_config["num_attention_heads"] * wan_config["attention_head_dim"]}
+    with init_empty_weights():
+        model = LaCTWanTransformer3DModel(**wan_config, **(lact_config or no_memory))
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    unknown = sorted(set(converted) - set(expected))
+    missing = sorted(set(expected) - set(converted))
+    found = {k: tuple(getattr(v, "shape", ())) for k, v in converted.items()}  # () for a stray non-tensor
+    wrong = [f"{k}: checkpoint {found[k]} vs model {tuple(s)}" for k, s in expected.items() if found.get(k, s) != s]
+    if unknown or missing or wrong:
+        raise ValueError(
+            f"The checkpoint does not match a LaCT Wan model with the --base config and the memory config "
+            f"{lact_config or '(none: plain Wan)'} inferred from it. Unknown keys: {unknown}. Missing keys: "
+            f"{missing}. Shape mismatches: {wrong}. (Keys in diffusers names.)"
+        )
+    return converted, lact_config
+
+
+def infer_lact_config(converted: dict, num_layers: int) -> dict:
+    """The memory config that the tensors determine; {} if there is no memory at all."""
+    w0 = {int(k.split(".")[1]): v for k, v in converted.items() if re.fullmatch(r"blocks\.\d+\.attn1\.memory\.w0", k)}
+    if not w0:
+        if any(".attn1.memory." in k for k in converted):
+            raise ValueError("The checkpoint has LaCT memory keys but no `self_attn.w0` in any block.")
+        return {}
+    blocks = sorted(w0)
+    _, dh, d = w0[blocks[0]].shape  # [Hf, dh, d]; the shape check catches blocks that disagree
+    if dh % d:
+        shape = tuple(w0[blocks[0]].shape)
+        raise ValueError(f"w0 of block {blocks[0]} has shape {shape}: dh={dh} is not a multiple of d={d}.")
+    return {
+        "fw_head_dim": d,
+        "inter_multi": dh // d,
+        "lact_blocks": None if blocks == list(range(num_layers)) else blocks,
+        "use_momentum": any(".attn1.memory.momentum_proj." in k for k in converted),
+    }
+
+
+_TO_MINVID = (  # diffusers -> original Wan / minVid, in this order (the inverse of the mapping above)
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+    (".attn1.memory.gate_proj.", ".self_attn.ttt_scale_proj."),
+    (".attn1.memory.", ".self_attn."),
+    (".attn1.", ".self_attn."),
+    (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".to_out.0.", ".o."),
+    (".norm2.", ".norm3."),  # diffusers' norm2 is the cross-attention norm, Wan's norm3
+    (".scale_shift_table", ".modulation"),
+)
+
+
+def to_minvid_state_dict(model: torch.nn.Module | dict) -> dict:
+    """Our model (or a diffusers Wan model, or a state dict of either) -> the minVid layout."""
+    state_dict = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    out = {}
+    for name, value in state_dict.items():
+        if name == "scale_shift_table":
+            name = "head.modulation"
+        elif name.startswith("proj_out."):
+            name = "head.head." + name.removeprefix("proj_out.")
+        for ours, theirs in _TO_MINVID:
+            name = name.replace(ours, theirs)
+        out[name] = value
+    return out
+
+
+def load_checkpoint(path: str | pathlib.Path, key: str | None = None) -> dict:
+    """A state dict from a .safetensors or .pt file; `key` picks a nested entry (e.g. an EMA copy)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        # weights_only: a checkpoint is untrusted input; plain containers of tensors load fine.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if key is not None:
+        for part in key.split("."):
+            state = state[part]
+        return state
+    while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+        container = next((k for k in _CONTAINER_KEYS if isinstance(state.get(k), dict)), None)
+        if container is None:
+            raise ValueError(f"No state dict in {path}: top-level keys {sorted(state)}. Pick one with --key.")
+        logger.info("Using the state dict under %r of %s.", container, path)
+        state = state[container]
+    return state
+
+
+def convert(
+    checkpoint: str | pathlib.Path,
+    base: str | pathlib.Path,
+    output_dir: str | pathlib.Path,
+    key: str | None = None,
+    **lact_settings,
+) -> pathlib.Path:
+    """Convert `checkpoint` and write the pipeline folder; `lact_settings` are LaCT config keys
+    (None = unset). For the inferred keys they must agree with the checkpoint."""
+    output_dir = pathlib.Path(output_dir)
+    base_folder = local_model_folder(str(base))
+    if output_dir.resolve() == base_folder.resolve():
+        raise ValueError("--output_dir must differ from --base.")
+    # From `base` itself: for a hub id, local_model_folder fetches the other components only.
+    wan_config = dict(WanTransformer3DModel.load_config(str(base), subfolder="transformer"))
+    state_dict, inferred = convert_minvid_state_dict(load_checkpoint(checkpoint, key), wan_config)
+    settings = {k: v for k, v in lact_settings.items() if v is not None}
+    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in LACT_CONFIG_KEYS}
+
+    if inferred:
+        num_layers = wan_config["num_layers"]
+        given = dict(settings)
+        if given.get("lact_blocks") is not None and sorted(given["lact_blocks"]) == list(range(num_layers)):
+            given["lact_blocks"] = None  # "every block" has two spellings
+        conflicts = {k: (given[k], inferred[k]) for k in INFERRED_KEYS if k in given and given[k] != inferred[k]}
+        if conflicts:
+            raise ValueError(f"Flags disagree with the checkpoint's tensors (flag, checkpoint): {conflicts}.")
+        with init_empty_weights():
+            model = LaCTWanTransformer3DModel(**wan_config, **{**settings, **inferred})
+        model.load_state_dict(state_dict, strict=True, assign=True)  # keys and shapes checked above
+    else:
+        with init_empty_weights():
+            wan = WanTransformer3DModel(**wan_config)
+        wan.load_state_dict(state_dict, strict=True, assign=True)
+        model = LaCTWanTransformer3DModel.from_wan(wan, **settings)
+        logger.info(
+            "No LaCT keys in %s: converted it as a plain Wan base. The memory (blocks %s) is freshly "
+            "initialised with a zero gate, so the model is pure window attention until finetuned.",
+            checkpoint, model.config.lact_blocks if model.config.lact_blocks is not None else "all",
+        )
+
+    # The layout of `LaCTVideoPipeline.save_pretrained` (see training/export.py); the base components
+    # are copied byte for byte rather than loaded and re-saved (the UMT5 encoder alone is ~11 GB).
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "model_index.json").unlink(missing_ok=True)  # written last: its absence marks a partial folder
+    model.save_pretrained(output_dir / "transformer")
+    for component in BASE_COMPONENTS:
+        if (output_dir / component).exists():
+            shutil.rmtree(output_dir / component)
+        shutil.copytree(base_folder / component, output_dir / component)
+    (output_dir / "model_index.json").write_text(json.dumps(model_index(base_folder), indent=2) + "\n")
+    public = {k: v for k, v in model.config.items() if k in LACT_CONFIG_KEYS}
+    logger.info("Wrote %s (LaCT config %s).", output_dir, public)
+    return output_dir
+
+
+def main(argv=None) -> pathlib.Path:
+    import lact_video
+
+    parser = argparse.ArgumentParser(prog="python -m lact_video.convert", description=__doc__.split("\n")[0])
+    parser.add_argument("--from", dest="source", nargs=2, metavar=("FORMAT", "CKPT"), required=True,
+                        help="checkpoint format (only 'minvid') and file (.pt or .safetensors)")
+    parser.add_argument("--base", required=True, help="the Wan2.1 T2V diffusers folder (or hub id) it started from")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--key", help="dotted path of the state dict in a .pt (default: state_dict, model, ...)")
+    parser.add_argument("--chunk_frames", type=int, default=3, help="latent frames per chunk (paper: 3)")
+    parser.add_argument("--window_size", type=int, help="window tokens into the previous chunk (default: all of it)")
+    parser.add_argument("--use_muon", action="store_true")
+    parser.add_argument("--muon_dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--num_repeat", type=int, default=1, help="noisy copies per chunk in teacher forcing")
+    parser.add_argument("--no_weight_norm", dest="weight_norm", action="store_false")
+    group = parser.add_argument_group("memory shape", "read off a LaCT checkpoint; set them for a plain Wan base")
+    group.add_argument("--fw_head_dim", type=int)
+    group.add_argument("--inter_multi", type=int)
+    group.add_argument("--lact_blocks", type=int, nargs="*", help="blocks with memory (none listed: window only)")
+    group.add_argument("--use_momentum", action="store_true", default=None)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
+    args = vars(parser.parse_args(argv))
+    source, checkpoint = args.pop("source")
+    if source != "minvid":
+        parser.error(f"--from {source!r}: only 'minvid' is supported")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return convert(checkpoint, args.pop("base"), args.pop("output_dir"), args.pop("key"), **args)
+
+
+if __name__ == "__main__":
+    main()
