@@ -276,12 +276,15 @@ def test_corrupt_frames_are_skipped_at_read_time(tmp_path, caplog):
     write_corrupt_clip(tmp_path / "corrupt.mp4")
     write_clip(tmp_path / "good.mp4", 17)
     write_metadata(tmp_path, [{"file_name": "corrupt.mp4", "text": "c"}, {"file_name": "good.mp4", "text": "g"}])
-    dataset = VideoFolderDataset(tmp_path, SMALL)
-    assert len(dataset) == 2  # the header and first frame are fine: only decoding finds it
     with caplog.at_level(logging.WARNING, logger="lact_video.data"):
-        assert [dataset[0]["file_name"], dataset[0]["file_name"], dataset[1]["file_name"]] == ["good.mp4"] * 3
+        dataset = VideoFolderDataset(tmp_path, SMALL)
+        # Usually the header and first frame decode and only reading the clip finds the damage; with
+        # ffmpeg's threaded read-ahead the scan sometimes finds it already. Either way it is skipped.
+        names = [dataset[i]["file_name"] for i in range(len(dataset))] + [dataset[0]["file_name"]]
+    assert set(names) == {"good.mp4"}
     warnings = [record.getMessage() for record in caplog.records if "corrupt.mp4" in record.getMessage()]
-    assert len(warnings) == 1 and "frames do not decode" in warnings[0]
+    assert len(warnings) == 1, warnings
+    assert "frames do not decode" in warnings[0] or (len(dataset) == 1 and "unreadable" in warnings[0]), warnings
 
 
 # Encoding and the latent cache

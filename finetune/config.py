@@ -1,0 +1,301 @@
+"""Typed configuration of `finetune.py`: one dataclass per concern, parsed by OmegaConf.
+
+A run's config is the defaults below, then a recipe (`--config configs/<recipe>.yaml`), then
+command-line overrides, later ones winning. Overrides are `key=value` or `--key value` (also
+`--key=value`). Keys are dotted (`optimizer.learning_rate=1e-4`, `model.lact.fw_head_dim=768`);
+a field name that occurs once in the whole tree may be given alone (`--max_train_steps 10`).
+Values are parsed by OmegaConf (YAML syntax: `model.lact.lact_blocks=[0,2]`, `train.resume_from_checkpoint=null`).
+
+    python finetune/finetune.py --help     # prints every field with its default
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+
+from omegaconf import MISSING, OmegaConf
+
+from lact_video.data.config import DataConfig
+from lact_video.training.flow_matching import LossWeighting, ShiftRule, TimestepSampling
+
+
+class Trainable(str, Enum):
+    all = "all"  # every transformer weight
+    lact_layers = "lact_layers"  # the LaCT attention layers: their pretrained q/k/v/o and the new memory
+    new_params = "new_params"  # only the new fast-weight memory parameters
+
+
+@dataclass
+class LaCTConfig:
+    """The LaCT keys of `LaCTWanTransformer3DModel.from_wan`. `chunk_frames` is `data.chunk_frames`."""
+
+    # Blocks that get a fast-weight memory; null means all of them.
+    lact_blocks: list[int] | None = None
+    # Trailing tokens of the previous clean chunk a noisy chunk attends to; null = the whole chunk.
+    window_size: int | None = None
+    # Channels per fast-weight head (d); must divide the model dim.
+    fw_head_dim: int = 768
+    # Fast-weight MLP hidden size as a multiple of fw_head_dim.
+    inter_multi: int = 2
+    use_muon: bool = False
+    use_momentum: bool = False
+    weight_norm: bool = True
+    # Precision of the Newton-Schulz iteration: float32 or bfloat16.
+    muon_dtype: str = "float32"
+    # Fast-weight learning rate at initialisation.
+    base_lr: float = 1e-3
+    # Noisy copies of each chunk in the teacher-forcing sequence (R).
+    num_repeat: int = 1
+    # "window" (LaCT), or "full_causal": the full-attention baseline (cost grows with the video).
+    attention_mode: str = "window"
+
+
+@dataclass
+class ModelConfig:
+    # A Wan2.1 T2V diffusers folder or hub id (vae, text_encoder, tokenizer, scheduler, transformer).
+    pretrained_model_name_or_path: str = MISSING
+    revision: str | None = None
+    lact: LaCTConfig = field(default_factory=LaCTConfig)
+    # Which transformer weights train: all, lact_layers or new_params.
+    trainable: Trainable = Trainable.all
+
+
+@dataclass
+class FlowMatchingConfig:
+    # uniform or logit_normal.
+    timestep_sampling: TimestepSampling = TimestepSampling.uniform
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    # fixed (`shift`) or token_following (log s linear in tokens per chunk: 32760 -> 3.0, 73710 -> 5.0).
+    shift_rule: ShiftRule = ShiftRule.fixed
+    shift: float = 3.0
+    # none, or logit_normal: weight each chunk's loss by the logit-normal density at its unshifted t.
+    loss_weighting: LossWeighting = LossWeighting.none
+    # Probability of training a sample on the empty prompt (for classifier-free guidance).
+    caption_dropout: float = 0.1
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with a warmup + decay schedule from `diffusers.optimization.get_scheduler`."""
+
+    learning_rate: float = 2e-5
+    # The new LaCT parameters train at learning_rate times this.
+    new_params_lr_multiplier: float = 10.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    # Any name `diffusers.optimization.get_scheduler` knows: cosine, linear, constant_with_warmup, ...
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 1000
+
+
+@dataclass
+class EMAConfig:
+    use_ema: bool = True
+    ema_decay: float = 0.995
+    # Export the EMA weights (true) or the raw trained weights (false).
+    export_ema: bool = True
+
+
+@dataclass
+class TrainConfig:
+    # Checkpoints, logs, metrics.jsonl and (by default) the exported pipeline go here.
+    output_dir: str = "outputs/lact"
+    seed: int = 0
+    max_train_steps: int = 5000
+    # Clips per process per micro-step.
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
+    mixed_precision: str = "auto"
+    checkpointing_steps: int = 500
+    # Keep at most this many checkpoints (the newest); null keeps all.
+    checkpoints_total_limit: int | None = None
+    # A checkpoint folder, or "latest" (the newest complete one in output_dir, if any).
+    resume_from_checkpoint: str | None = None
+    # Validation loss on data.validation_data_dir every this many steps; 0 turns it off.
+    validation_steps: int = 0
+    # The (shifted) noise levels t' of the validation loss; every chunk is noised to each of them.
+    validation_noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # tensorboard, wandb, all or none.
+    report_to: str = "tensorboard"
+    tracker_project_name: str = "lact-video"
+    # Log to the trackers every this many steps (metrics.jsonl gets every step).
+    logging_steps: int = 1
+    # Where the diffusers pipeline folder goes; null means output_dir.
+    export_dir: str | None = None
+    export_at_end: bool = True
+    # Skip training: restore resume_from_checkpoint and export it.
+    export_only: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+
+
+def leaf_paths(cls=FinetuneConfig, prefix: str = "") -> list[str]:
+    """Every dotted field path of the config tree."""
+    paths = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            paths += leaf_paths(type(default), f"{prefix}{f.name}.")
+        else:
+            paths.append(prefix + f.name)
+    return paths
+
+
+def _qualify(key: str, paths: list[str]) -> str:
+    """`key` as a dotted path: as is when it is one, else the one path ending in `.key`."""
+    if key in paths:
+        return key
+    matches = [] if "." in key else [p for p in paths if p.endswith("." + key)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ValueError(f"{key!r} is ambiguous: write one of {', '.join(matches)}")
+    close = difflib.get_close_matches(key, paths + [p.rsplit(".", 1)[-1] for p in paths], n=3)
+    raise ValueError(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
+def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`--config PATH` and the overrides, normalised to `dotted.key=value`."""
+    config_path, overrides, paths = None, [], leaf_paths()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--"):
+            key, has_value, value = arg[2:].partition("=")
+            if not has_value:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{arg} needs a value")
+                value, i = argv[i + 1], i + 1
+        elif "=" in arg:
+            key, _, value = arg.partition("=")
+        else:
+            raise ValueError(f"cannot read argument {arg!r}: use key=value or --key value")
+        if key == "config":
+            config_path = value
+        else:
+            overrides.append(f"{_qualify(key.replace('-', '_'), paths)}={value}")
+        i += 1
+    return config_path, overrides
+
+
+def load_config(argv: list[str] | None = None) -> FinetuneConfig:
+    """Defaults, then the recipe, then the overrides: a checked `FinetuneConfig`."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print(OmegaConf.to_yaml(OmegaConf.structured(FinetuneConfig)))
+        raise SystemExit(0)
+    config_path, overrides = split_argv(argv)
+    merged = OmegaConf.structured(FinetuneConfig)
+    if config_path is not None:
+        merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
+    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+    config = OmegaConf.to_object(merged)
+    check_config(config)
+    return config
+
+
+def to_yaml(config: FinetuneConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_flat_dict(config: FinetuneConfig) -> dict:
+    """`{"train.max_train_steps": 5000, ...}` with scalar values, for trackers' hyperparameter tables."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk(OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True), "")
+    return flat
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """Cheap checks, before any model loads: clip geometry, data sources, training settings."""
+    config.data.validate()
+    train, optim = config.train, config.optimizer
+    positive = {
+        "train.max_train_steps": train.max_train_steps,
+        "train.train_batch_size": train.train_batch_size,
+        "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "train.checkpointing_steps": train.checkpointing_steps,
+        "train.logging_steps": train.logging_steps,
+        "model.lact.num_repeat": config.model.lact.num_repeat,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+    if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
+        raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {train.checkpoints_total_limit}")
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train.mixed_precision!r}")
+    if train.report_to not in REPORT_TO:
+        raise ValueError(f"train.report_to must be one of {REPORT_TO}, got {train.report_to!r}")
+    if train.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ValueError("train.report_to=wandb needs the wandb package (pip install wandb)")
+    if train.validation_steps < 0:
+        raise ValueError(f"train.validation_steps must be >= 0, got {train.validation_steps}")
+    if train.validation_steps and config.data.validation_data_dir is None:
+        raise ValueError("train.validation_steps is set but data.validation_data_dir is not")
+    if not all(0.0 <= t <= 1.0 for t in train.validation_noise_levels):
+        raise ValueError(f"train.validation_noise_levels must lie in [0, 1], got {train.validation_noise_levels}")
+    if train.export_only and not train.resume_from_checkpoint:
+        raise ValueError("train.export_only needs train.resume_from_checkpoint (a checkpoint folder or 'latest')")
+    if not 0.0 <= config.flow_matching.caption_dropout <= 1.0:
+        raise ValueError(f"flow_matching.caption_dropout must be in [0, 1], got {config.flow_matching.caption_dropout}")
+    if config.flow_matching.shift <= 0 or config.flow_matching.logit_std <= 0:
+        raise ValueError("flow_matching.shift and flow_matching.logit_std must be > 0")
+    if optim.learning_rate <= 0 or optim.new_params_lr_multiplier <= 0 or optim.max_grad_norm <= 0:
+        raise ValueError("optimizer.learning_rate, new_params_lr_multiplier and max_grad_norm must be > 0")
+    base, export_dir = config.model.pretrained_model_name_or_path, train.export_dir or train.output_dir
+    if os.path.isdir(base) and os.path.realpath(export_dir) == os.path.realpath(base):
+        raise ValueError(f"the export folder {export_dir} is the base model's folder; the export would overwrite it")
+    if not 0.0 <= config.ema.ema_decay < 1.0:
+        raise ValueError(f"ema.ema_decay must lie in [0, 1), got {config.ema.ema_decay}")
+
+
+def check_against_transformer(config: FinetuneConfig, transformer_config: dict) -> None:
+    """Checks that need the base transformer's config.json (read without loading any weights)."""
+    dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    lact = config.model.lact
+    if lact.fw_head_dim <= 0 or dim % lact.fw_head_dim:
+        raise ValueError(f"model.lact.fw_head_dim={lact.fw_head_dim} must divide the model dim {dim}")
+    layers = transformer_config["num_layers"]
+    if lact.lact_blocks is not None and not all(0 <= i < layers for i in lact.lact_blocks):
+        raise ValueError(f"model.lact.lact_blocks={lact.lact_blocks} must be block indices in [0, {layers})")
+    p_t, p_h, p_w = transformer_config["patch_size"]
+    data = config.data
+    post_patch = (data.latent_frames // p_t, data.height // 8 // p_h, data.width // 8 // p_w)
+    if max(post_patch) > transformer_config["rope_max_seq_len"]:
+        raise ValueError(
+            f"the clip is {post_patch} (frames, height, width) after patching, beyond the transformer's "
+            f"rope_max_seq_len={transformer_config['rope_max_seq_len']}"
+        )
