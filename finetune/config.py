@@ -22,6 +22,8 @@ from enum import Enum
 from omegaconf import MISSING, OmegaConf
 
 from lact_video.data.config import DataConfig
+from lact_video.evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
+from lact_video.models.transformer_lact_wan import MODES
 from lact_video.training.flow_matching import LossWeighting, ShiftRule, TimestepSampling
 
 
@@ -62,6 +64,9 @@ class ModelConfig:
     pretrained_model_name_or_path: str = MISSING
     revision: str | None = None
     lact: LaCTConfig = field(default_factory=LaCTConfig)
+    # lact, or a baseline of the same model for comparisons: swa (window attention only; memory off)
+    # or full_causal (every segment sees all earlier clean chunks). Overrides the lact keys it names.
+    mode: str = "lact"
     # Which transformer weights train: all, lact_layers or new_params.
     trainable: Trainable = Trainable.all
 
@@ -125,8 +130,8 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     # Validation loss on data.validation_data_dir every this many steps; 0 turns it off.
     validation_steps: int = 0
-    # The (shifted) noise levels t' of the validation loss; every chunk is noised to each of them.
-    validation_noise_levels: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    # The noise levels t' of the per-chunk validation report; every chunk is noised to each of them.
+    validation_noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
     # tensorboard, wandb, all or none.
     report_to: str = "tensorboard"
     tracker_project_name: str = "lact-video"
@@ -255,6 +260,8 @@ def check_config(config: FinetuneConfig) -> None:
             raise ValueError(f"{key} must be >= 1, got {value}")
     if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
         raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {train.checkpoints_total_limit}")
+    if config.model.mode not in MODES:
+        raise ValueError(f"model.mode must be one of {tuple(MODES)}, got {config.model.mode!r}")
     if train.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train.mixed_precision!r}")
     if train.report_to not in REPORT_TO:
@@ -299,3 +306,8 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
             f"the clip is {post_patch} (frames, height, width) after patching, beyond the transformer's "
             f"rope_max_seq_len={transformer_config['rope_max_seq_len']}"
         )
+
+
+def lact_config(config: FinetuneConfig) -> dict:
+    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the mode, chunk_frames."""
+    return {**vars(config.model.lact), **MODES[config.model.mode], "chunk_frames": config.data.chunk_frames}

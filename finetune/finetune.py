@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import pathlib
 import sys
 import time
@@ -36,9 +35,10 @@ import torch
 # finetune/config.py, also when this file is imported from elsewhere (tests) or run from finetune/.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from config import FinetuneConfig, check_against_transformer, load_config, to_flat_dict, to_yaml  # noqa: E402
+from config import FinetuneConfig, check_against_transformer, lact_config, load_config, to_flat_dict, to_yaml  # noqa: E402
 
 from lact_video.data import LatentCacheDataset, VideoFolderDataset  # noqa: E402
+from lact_video.evaluation import per_chunk_loss, write_report  # noqa: E402
 from lact_video.models import LaCTWanTransformer3DModel  # noqa: E402
 from lact_video.training import checkpointing  # noqa: E402
 from lact_video.training.distributed import (  # noqa: E402
@@ -55,7 +55,6 @@ from lact_video.training.flow_matching import (  # noqa: E402
     ShiftRule,
     draw_sample_randomness,
     logit_normal_density,
-    sample_seed,
     shift_timesteps,
     teacher_forcing_loss,
     token_following_shift,
@@ -242,11 +241,7 @@ def load_models(config: FinetuneConfig, accelerator, encode_on_the_fly: bool) ->
         # Under DeepSpeed bf16 the engine casts the weights to bf16 anyway (its fp32 master copy is
         # made from them), so load them in bf16 and halve the peak host memory.
         transformer = LaCTWanTransformer3DModel.from_wan(
-            path,
-            subfolder="transformer",
-            torch_dtype=input_dtype(accelerator),
-            chunk_frames=config.data.chunk_frames,
-            **vars(config.model.lact),
+            path, subfolder="transformer", torch_dtype=input_dtype(accelerator), **lact_config(config)
         )
     if config.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
@@ -412,7 +407,7 @@ def train(config, accelerator, prepared, models: Models, datasets: Datasets, glo
     validate = functools.partial(validation_loss, config, accelerator, transformer, models, datasets.validation, dtype)
     starting = global_step < train_cfg.max_train_steps
     if starting and train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
-        metrics.log(global_step, validate())  # the baseline, before the first step
+        metrics.log(global_step, validate(global_step))  # the baseline, before the first step
 
     while global_step < train_cfg.max_train_steps:
         # 1. Forward and backward over the micro-batches of one optimizer step
@@ -468,7 +463,7 @@ def train(config, accelerator, prepared, models: Models, datasets: Datasets, glo
                 accelerator, output_dir, global_step, ema, train_cfg.checkpoints_total_limit, {"loss": record["loss"]}
             )
         if train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
-            metrics.log(global_step, validate())
+            metrics.log(global_step, validate(global_step))
     progress.close()
     metrics.close()
     return global_step
@@ -516,32 +511,33 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def validation_loss(config, accelerator, transformer, models: Models, dataset, dtype) -> dict:
-    """Loss per chunk on the validation clips at fixed noise levels, with fixed noise.
+def validation_loss(config, accelerator, transformer, models: Models, dataset, dtype, global_step: int) -> dict:
+    """The per-chunk validation report (lact_video.evaluation) on the held-out clips.
 
-    Every rank takes every P-th clip; ranks with fewer clips repeat one with weight 0, so all ranks run
-    the same number of forwards (under ZeRO-3 each forward is collective).
+    The same numbers as `finetune/validate.py`: fixed noise levels, noise seeded per clip. The main
+    process writes the report files to `output_dir/validation/step-<N>/`; the trackers get the
+    per-chunk means.
     """
-    k, r = config.data.chunk_frames, config.model.lact.num_repeat
-    num_chunks = config.data.latent_frames // k
-    levels = config.train.validation_noise_levels
-    sums, count = torch.zeros(num_chunks, device=accelerator.device), torch.zeros((), device=accelerator.device)
-    per_rank = math.ceil(len(dataset) / accelerator.num_processes)
-    for j in range(per_rank):
-        index = j * accelerator.num_processes + accelerator.process_index
-        item = dataset[min(index, len(dataset) - 1)]
-        batch = {"pixel_values": item["pixel_values"][None], "text": [item["text"]]}
-        latents, prompt_embeds = encode_batch(batch, models, config, accelerator.device)
-        for level_index, level in enumerate(levels):
-            generator = torch.Generator().manual_seed(sample_seed(config.train.seed, index, level_index, 1))
-            noise = torch.randn((1, r, *latents.shape[1:]), generator=generator).to(latents.device)
-            t = torch.full((1, r, num_chunks), float(level), device=latents.device)
-            _, chunk_losses = teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, None, dtype)
-            if index < len(dataset):
-                sums += chunk_losses
-                count += 1
-    sums, count = accelerator.reduce(sums, "sum"), accelerator.reduce(count, "sum")
-    chunk = (sums / count).tolist()
+
+    def clip_at(index):
+        item = dataset[index]
+        return encode_batch({"pixel_values": item["pixel_values"][None], "text": [item["text"]]}, models, config, accelerator.device)
+
+    result = per_chunk_loss(
+        transformer,
+        clip_at,
+        len(dataset),
+        config.train.validation_noise_levels,
+        seed=config.train.seed,
+        dtype=dtype,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        reduce_sum=lambda x: accelerator.reduce(x, "sum"),
+    )
+    if accelerator.is_main_process:
+        folder = pathlib.Path(config.train.output_dir) / "validation" / f"step-{global_step}"
+        write_report({f"step {global_step}": result}, folder, title=f"Validation loss per frame chunk, step {global_step}")
+    chunk = result.mean_per_chunk.tolist()
     return {"val/loss": sum(chunk) / len(chunk), **{f"val/loss_chunk/{i}": v for i, v in enumerate(chunk)}}
 
 

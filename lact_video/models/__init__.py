@@ -1,3 +1,3 @@
-from .transformer_lact_wan import LaCTTransformerOutput, LaCTWanTransformer3DModel
+from .transformer_lact_wan import MODES, LaCTTransformerOutput, LaCTWanTransformer3DModel
 
-__all__ = ["LaCTTransformerOutput", "LaCTWanTransformer3DModel"]
+__all__ = ["MODES", "LaCTTransformerOutput", "LaCTWanTransformer3DModel"]

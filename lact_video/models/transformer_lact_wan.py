@@ -37,7 +37,7 @@ from ..layers.lact_attention import LaCTAttention
 from ..layers.rotary import chunk_rotary_emb
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout, check_chunking
-from ..state import ForwardMode, LaCTState, LayerState
+from ..state import ForwardMode, LaCTState
 
 # Config keys that LaCT adds to a Wan transformer config.
 LACT_CONFIG_KEYS = (
@@ -57,6 +57,14 @@ LACT_CONFIG_KEYS = (
 
 # `attention_mode` values: LaCT's window, or the full-attention baseline of the reports.
 ATTENTION_MODES = ("window", "full_causal")
+
+# The model's modes for comparisons, as LaCT config overrides: LaCT itself, window attention only
+# (sliding-window attention, SWA), and full block-causal attention (CausVid-style teacher forcing).
+MODES = {
+    "lact": {},
+    "swa": {"lact_blocks": []},
+    "full_causal": {"attention_mode": "full_causal", "lact_blocks": []},
+}
 
 
 @dataclass

@@ -1,0 +1,139 @@
+"""Per-chunk validation reports: deterministic, equal to the training loss per chunk, files that parse."""
+
+import csv
+import importlib.util
+import json
+import pathlib
+
+import pytest
+import torch
+from finetune_fixtures import write_video_folder
+
+from lact_video import LaCTWanTransformer3DModel
+from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
+from lact_video.layers import FastWeightMemory
+from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GEOMETRY = ["--config", str(ROOT / "configs" / "tiny.yaml")]  # 32x32, 13 frames, chunks of 2 latent frames
+
+
+def load_validate():
+    spec = importlib.util.spec_from_file_location("validate", ROOT / "finetune" / "validate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return write_video_folder(tmp_path_factory.mktemp("videos"), num_synthetic=2, real=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_wan_dir, tmp_path_factory):
+    """A LaCT transformer whose memory is switched on (a stand-in for a finetuned one)."""
+    torch.manual_seed(0)
+    model = LaCTWanTransformer3DModel.from_wan(tiny_wan_dir, subfolder="transformer", chunk_frames=2, fw_head_dim=12)
+    with torch.no_grad():
+        for memory in model.modules():
+            if isinstance(memory, FastWeightMemory):
+                memory.gate_proj.bias.fill_(1.0)
+    path = tmp_path_factory.mktemp("trained") / "transformer"
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tiny_wan_dir, trained, videos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    args = ["--data_dir", str(videos), "--checkpoints", str(tiny_wan_dir), str(trained), "--names", "base", "memory"]
+    load_validate().main([*args, "--output_dir", str(out), *GEOMETRY, f"model.pretrained_model_name_or_path={tiny_wan_dir}"])
+    return out, args
+
+
+def test_report_files_exist_and_parse(report):
+    out, _ = report
+    data = json.loads((out / "per_chunk_loss.json").read_text())
+    assert list(data) == ["base", "memory"]
+    for result in data.values():
+        assert result["num_clips"] == 2 and result["noise_levels"] == list(DEFAULT_NOISE_LEVELS)
+        assert len(result["matrix"]) == 10 and all(len(row) == 2 for row in result["matrix"])  # 13 frames: 2 chunks
+        assert result["mean_per_chunk"] == pytest.approx([sum(c) / 10 for c in zip(*result["matrix"])])
+    rows = list(csv.DictReader(open(out / "per_chunk_loss.csv")))
+    assert len(rows) == 2 * (10 + 1) * 2
+    assert float(rows[0]["loss"]) == pytest.approx(data["base"]["matrix"][0][0])
+    markdown = (out / "report.md").read_text()
+    assert "| base | 2 |" in markdown and f"{data['memory']['mean_per_chunk'][1]:.4f}" in markdown
+    assert (out / "per_chunk_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The memory changes the loss of chunk 1 (it reads c_0), not of chunk 0 beyond its initial state.
+    assert data["base"]["mean_per_chunk"] != data["memory"]["mean_per_chunk"]
+
+
+def test_report_is_deterministic(report, tmp_path):
+    out, args = report
+    load_validate().main([*args, "--output_dir", str(tmp_path), *GEOMETRY])  # base taken from the first checkpoint
+    assert json.loads((tmp_path / "per_chunk_loss.json").read_text()) == json.loads((out / "per_chunk_loss.json").read_text())
+
+
+def test_chunk_losses_equal_the_training_loss(trained):
+    model = LaCTWanTransformer3DModel.from_pretrained(trained).eval()
+    g = torch.Generator().manual_seed(1)
+    clips = [(torch.randn(1, 16, 4, 4, 4, generator=g), torch.randn(1, 16, 32, generator=g)) for _ in range(2)]
+    levels = (0.3, 0.8)
+    result = per_chunk_loss(model, clips.__getitem__, 2, levels, seed=5)
+    for row, level in zip(result.matrix, levels):
+        expected = 0
+        for index, (latents, embeds) in enumerate(clips):
+            noise = torch.randn((1, 1, *latents.shape[1:]), generator=torch.Generator().manual_seed(sample_seed(5, index)))
+            with torch.no_grad():
+                _, chunks = teacher_forcing_loss(model, latents, embeds, torch.full((1, 1, 2), level), noise, 2)
+            expected = expected + chunks.double() / 2
+        torch.testing.assert_close(torch.from_numpy(row), expected, rtol=1e-12, atol=0)
+
+
+def test_plot_has_one_line_per_checkpoint(report):
+    from lact_video.evaluation.per_chunk_loss import PerChunkLoss
+
+    data = json.loads((report[0] / "per_chunk_loss.json").read_text())
+    results = {name: PerChunkLoss(tuple(r["noise_levels"]), torch.tensor(r["matrix"]).numpy(), r["num_clips"]) for name, r in data.items()}
+    axes = plot_per_chunk(results).axes[0]
+    assert [line.get_label() for line in axes.lines] == ["base", "memory"]
+    assert axes.get_legend() is not None and "chunk index" in axes.get_xlabel()
+
+
+def test_bad_arguments_fail_clearly(videos, trained, tmp_path):
+    validate = load_validate()
+    with pytest.raises(ValueError, match="--names has 1 labels for 2 checkpoints"):
+        validate.main(["--data_dir", str(videos), "--checkpoints", str(trained), str(trained), "--names", "a", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="holds a VAE and text encoder"):
+        validate.main(["--data_dir", str(videos), "--checkpoints", str(trained), "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="is not a checkpoint"):
+        validate.main(["--data_dir", str(videos), "--checkpoints", str(tmp_path), "--output_dir", str(tmp_path)])
+
+
+def test_training_checkpoint_equals_its_export(tiny_wan_dir, videos, tmp_path):
+    """A `save_state` checkpoint-<step> folder evaluates like the diffusers folder exported from it."""
+    import sys
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    spec = importlib.util.spec_from_file_location("lact_finetune", ROOT / "finetune" / "finetune.py")
+    trainer = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = trainer  # dataclasses look their module up
+    spec.loader.exec_module(trainer)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    run = tmp_path / "run"
+    trainer.main(
+        [*GEOMETRY, f"model.pretrained_model_name_or_path={tiny_wan_dir}", f"data.train_data_dir={videos}",
+         f"train.output_dir={run}", "train.max_train_steps=2", "train.checkpointing_steps=2", "train.report_to=none",
+         "ema.export_ema=false"]
+    )  # fmt: skip
+    out = tmp_path / "report"
+    checkpoints = [str(run / "checkpoint-2"), str(run), str(tiny_wan_dir)]
+    args = ["--data_dir", str(videos), "--checkpoints", *checkpoints, "--names", "state", "export", "base"]
+    load_validate().main([*args, "--output_dir", str(out), *GEOMETRY, "--noise_levels", "0.5", "--max_clips", "1"])
+    data = json.loads((out / "per_chunk_loss.json").read_text())
+    assert data["state"]["mean_per_chunk"] == pytest.approx(data["export"]["mean_per_chunk"], rel=1e-6)
+    assert data["state"]["mean_per_chunk"] != pytest.approx(data["base"]["mean_per_chunk"], rel=1e-6)  # it trained
