@@ -27,7 +27,6 @@ import time
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # finetune_fixtures: the test clips
 
 
 def load_script(name: str):
@@ -78,7 +77,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from finetune_fixtures import write_video_folder
+    from lact_video.data.demo_dataset import write_video_folder
 
     from lact_video.tiny import build_tiny_wan
 

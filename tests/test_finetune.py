@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from finetune_fixtures import write_video_folder
+from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training.checkpointing import list_checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

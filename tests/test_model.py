@@ -228,7 +228,7 @@ def test_bad_inputs_raise(wan):
 def test_real_configs_on_meta_device(name):
     """The released sizes patch and run a teacher-forcing forward (81 frames at 480x832) on `meta`."""
     config = WAN21_T2V_CONFIGS[name]
-    fw_head_dim = 768 if "1.3B" in name else 640  # must divide the model dim (1536 / 5120)
+    fw_head_dim = 768 if "1.3B" in name else 1280  # as in the recipes; must divide the model dim (1536 / 5120)
     with torch.device("meta"):
         base = WanTransformer3DModel(**config)
         model = LaCTWanTransformer3DModel(**config, fw_head_dim=fw_head_dim, inter_multi=2)
@@ -247,7 +247,7 @@ def test_real_configs_on_meta_device(name):
 def test_real_configs_instantiate_and_run(name):
     """Real-size weights (random): one teacher-forcing step on the GPU in bf16."""
     config = WAN21_T2V_CONFIGS[name]
-    model = LaCTWanTransformer3DModel(**config, fw_head_dim=768 if "1.3B" in name else 640).to("cuda", torch.bfloat16)
+    model = LaCTWanTransformer3DModel(**config, fw_head_dim=768 if "1.3B" in name else 1280).to("cuda", torch.bfloat16)
     clean = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
     noisy = torch.randn(1, 1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
     seq = interleave_teacher_forcing(noisy, clean, 3)

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 import torch
-from finetune_fixtures import write_video_folder
+from lact_video.data.demo_dataset import write_video_folder
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk

