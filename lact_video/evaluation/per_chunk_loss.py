@@ -83,7 +83,8 @@ def per_chunk_loss(
     if num_clips < 1:
         raise ValueError("No clips to evaluate: the validation data is empty.")
     levels = tuple(float(x) for x in noise_levels)
-    config = getattr(model, "config", None) or model.module.config
+    # The LaCT config, also through a DeepSpeed/DDP wrapper (whose own `config` is something else).
+    config = getattr(model, "module", model).config
     chunk_frames, num_repeat = config.chunk_frames, config.num_repeat
     total, count = None, 0
     indices = range(process_index, math.ceil(num_clips / num_processes) * num_processes, num_processes)
