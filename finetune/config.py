@@ -45,8 +45,11 @@ class LaCTConfig:
     fw_head_dim: int = 768
     # Fast-weight MLP hidden size as a multiple of fw_head_dim.
     inter_multi: int = 2
+    # Newton-Schulz-orthogonalised fast-weight updates (Muon).
     use_muon: bool = False
+    # Momentum across chunks, with a learned per-token gate.
     use_momentum: bool = False
+    # Keep every fast-weight row at its initial norm after each update.
     weight_norm: bool = True
     # Precision of the Newton-Schulz iteration: float32 or bfloat16.
     muon_dtype: str = "float32"
@@ -62,6 +65,7 @@ class LaCTConfig:
 class ModelConfig:
     # A Wan2.1 T2V diffusers folder or hub id (vae, text_encoder, tokenizer, scheduler, transformer).
     pretrained_model_name_or_path: str = MISSING
+    # Hub revision (branch, tag or commit) of pretrained_model_name_or_path.
     revision: str | None = None
     lact: LaCTConfig = field(default_factory=LaCTConfig)
     # lact, or a baseline of the same model for comparisons: swa (window attention only; memory off)
@@ -75,10 +79,13 @@ class ModelConfig:
 class FlowMatchingConfig:
     # uniform or logit_normal.
     timestep_sampling: TimestepSampling = TimestepSampling.uniform
+    # Mean of the normal whose sigmoid gives t (logit_normal sampling and loss weights).
     logit_mean: float = 0.0
+    # Std of that normal.
     logit_std: float = 1.0
     # fixed (`shift`) or token_following (log s linear in tokens per chunk: 32760 -> 3.0, 73710 -> 5.0).
     shift_rule: ShiftRule = ShiftRule.fixed
+    # The fixed shift s of t' = s t / (1 + (s - 1) t) (shift_rule=fixed); 1 means no shift.
     shift: float = 3.0
     # none, or logit_normal: weight each chunk's loss by the logit-normal density at its unshifted t.
     loss_weighting: LossWeighting = LossWeighting.none
@@ -90,22 +97,31 @@ class FlowMatchingConfig:
 class OptimizerConfig:
     """AdamW with a warmup + decay schedule from `diffusers.optimization.get_scheduler`."""
 
+    # Peak learning rate of the pretrained weights.
     learning_rate: float = 2e-5
     # The new LaCT parameters train at learning_rate times this.
     new_params_lr_multiplier: float = 10.0
+    # AdamW beta1.
     adam_beta1: float = 0.9
+    # AdamW beta2.
     adam_beta2: float = 0.95
+    # AdamW decoupled weight decay.
     adam_weight_decay: float = 0.01
+    # AdamW epsilon.
     adam_epsilon: float = 1e-8
+    # Gradient clipping by global norm.
     max_grad_norm: float = 1.0
     # Any name `diffusers.optimization.get_scheduler` knows: cosine, linear, constant_with_warmup, ...
     lr_scheduler: str = "cosine"
+    # Optimizer steps of linear warmup.
     lr_warmup_steps: int = 1000
 
 
 @dataclass
 class EMAConfig:
+    # Keep an exponential moving average of the trained weights (works under ZeRO-3).
     use_ema: bool = True
+    # EMA decay per optimizer step.
     ema_decay: float = 0.995
     # Export the EMA weights (true) or the raw trained weights (false).
     export_ema: bool = True
@@ -115,14 +131,19 @@ class EMAConfig:
 class TrainConfig:
     # Checkpoints, logs, metrics.jsonl and (by default) the exported pipeline go here.
     output_dir: str = "outputs/lact"
+    # Seeds the weights' new parameters, the data order, the noise and the caption dropout.
     seed: int = 0
+    # Optimizer steps to train for.
     max_train_steps: int = 5000
     # Clips per process per micro-step.
     train_batch_size: int = 1
+    # Micro-batches per optimizer step.
     gradient_accumulation_steps: int = 1
+    # Recompute each block's activations in the backward pass: less memory, more compute.
     gradient_checkpointing: bool = False
     # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
     mixed_precision: str = "auto"
+    # Save an atomic checkpoint every this many optimizer steps (and at the end).
     checkpointing_steps: int = 500
     # Keep at most this many checkpoints (the newest); null keeps all.
     checkpoints_total_limit: int | None = None
@@ -134,11 +155,13 @@ class TrainConfig:
     validation_noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
     # tensorboard, wandb, all or none.
     report_to: str = "tensorboard"
+    # Project name for the trackers.
     tracker_project_name: str = "lact-video"
     # Log to the trackers every this many steps (metrics.jsonl gets every step).
     logging_steps: int = 1
     # Where the diffusers pipeline folder goes; null means output_dir.
     export_dir: str | None = None
+    # Export the diffusers pipeline folder when training ends.
     export_at_end: bool = True
     # Skip training: restore resume_from_checkpoint and export it.
     export_only: bool = False

@@ -23,3 +23,14 @@ def test_readme_commands_exist():
     root = README.parent
     for script in re.findall(r"bash (scripts/\w+\.sh|\.ci/run)", README.read_text()):
         assert (root / script).is_file(), script
+
+
+def test_config_reference_matches_the_dataclasses():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("config_reference", README.parent / "scripts" / "config_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = README.read_text()
+    start, end = text.index(module.BEGIN), text.index(module.END) + len(module.END)
+    assert text[start:end] == module.reference(), "run: python scripts/config_reference.py --write"
