@@ -1,0 +1,630 @@
+"""Text-to-video generation of any length with LaCT on Wan2.1, chunk by chunk, in diffusers.
+
+Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3; semantics in
+docs/lact-video-spec.md, Sec. 5 "Inference, chunk by chunk". Every chunk of `k` latent frames is
+denoised against the model's explicit `LaCTState` (fast weights + window keys/values of the chunks
+before it), then committed once as a clean chunk at t=0. Time and memory per chunk do not grow
+with the video's length, so `stream` can write a video of any length (up to the rotary table).
+
+Shapes: `B` batch, `C` latent channels, `F` latent frames, `k` latent frames per chunk, `h, w`
+latent height/width, `H, W` video height/width.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKLWan, DiffusionPipeline, WanPipeline, WanTransformer3DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.utils import logging, replace_example_docstring
+from diffusers.utils.torch_utils import get_module_execution_device, randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from lact_video.models import LaCTWanTransformer3DModel
+
+from .streaming import Mp4StreamWriter, WanStreamingDecoder, video_paths
+
+logger = logging.get_logger(__name__)
+
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```python
+        >>> from pipelines import LaCTVideoPipeline
+
+        >>> # A LaCT checkpoint saved with `save_pretrained`, or a plain Wan2.1 base patched on load:
+        >>> pipe = LaCTVideoPipeline.from_wan("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", chunk_frames=3, fw_head_dim=768)
+        >>> # Any length: 4 * F - 3 frames with F a multiple of chunk_frames (here 63 chunks, about 47 s at 16 fps)
+        >>> pipe("A cat walks on the grass, realistic", num_frames=753, output_path="cat.mp4")
+        >>> for frames in pipe.stream("A cat walks on the grass", num_frames=81):  # (1, f, H, W, 3) per chunk
+        ...     print(frames.shape)  # 9 frames, then 12 per chunk
+        ```
+"""
+
+
+@dataclass
+class LaCTVideoPipelineOutput(WanPipelineOutput):
+    r"""
+    Output of `LaCTVideoPipeline`: `WanPipelineOutput` plus the files written.
+
+    Args:
+        frames: as in `WanPipelineOutput`: np (B, F, H, W, 3), pt (B, F, 3, H, W), a list of lists of PIL
+            images, or latents (B, C, F, h, w). `None` when the videos went to `output_path` instead.
+        video_paths: the mp4 files written (one per video) when `output_path` was given.
+    """
+
+    video_paths: list[str] | None = None
+
+
+class LaCTVideoPipeline(DiffusionPipeline):
+    r"""
+    Autoregressive text-to-video generation with a LaCT-patched Wan2.1 transformer, chunk by chunk.
+
+    Same components as `WanPipeline`, with the transformer replaced by `LaCTWanTransformer3DModel`. Load a
+    saved LaCT pipeline with `from_pretrained`, or patch a plain Wan2.1 base with `from_wan`.
+
+    Args:
+        tokenizer ([`T5Tokenizer`]): the UMT5 tokenizer.
+        text_encoder ([`UMT5EncoderModel`]): the UMT5 text encoder.
+        vae ([`AutoencoderKLWan`]): the Wan VAE, decoded chunk by chunk with its causal cache.
+        scheduler ([`UniPCMultistepScheduler`] or [`FlowMatchEulerDiscreteScheduler`]): flow-matching scheduler,
+            reset for every chunk.
+        transformer ([`LaCTWanTransformer3DModel`]): the LaCT transformer.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    def __init__(
+        self,
+        tokenizer: AutoTokenizer,
+        text_encoder: UMT5EncoderModel,
+        vae: AutoencoderKLWan,
+        scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
+        transformer: LaCTWanTransformer3DModel,
+    ):
+        super().__init__()
+        if not isinstance(transformer, LaCTWanTransformer3DModel):
+            raise TypeError(
+                f"LaCTVideoPipeline needs a LaCTWanTransformer3DModel, got {type(transformer).__name__}. To start "
+                "from a plain Wan2.1 base model, use `LaCTVideoPipeline.from_wan(path, **lact_config)`."
+            )
+        self.register_modules(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
+        )
+        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
+        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    @classmethod
+    def from_wan(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | dict | None = None,
+        rope_max_seq_len: int | None = None,
+        **lact_config,
+    ) -> "LaCTVideoPipeline":
+        """Load a plain Wan2.1 T2V diffusers folder (or hub id) and patch its transformer with LaCT.
+
+        The new LaCT parameters start at their initial values (the memory gate is zero), so the model is
+        pure window attention until it is finetuned; it generates nonetheless.
+
+        Args:
+            pretrained_model_name_or_path: a `WanPipeline` folder or hub id.
+            torch_dtype: as in `DiffusionPipeline.from_pretrained`.
+            rope_max_seq_len: override the rotary table length (latent frames; the default of Wan2.1 is 1024).
+                It holds no weights, so raising it is free; it bounds how long a video can be.
+            lact_config: LaCT config keys (`chunk_frames`, `window_size`, `fw_head_dim`, ...; see
+                `LaCTWanTransformer3DModel`).
+        """
+        components = {}
+        if rope_max_seq_len is not None:  # a config override: load the transformer ourselves
+            dtype = torch_dtype
+            if isinstance(torch_dtype, dict):
+                dtype = torch_dtype.get("transformer", torch_dtype.get("default", torch.float32))
+            components["transformer"] = WanTransformer3DModel.from_pretrained(
+                pretrained_model_name_or_path,
+                subfolder="transformer",
+                torch_dtype=dtype,
+                rope_max_seq_len=rope_max_seq_len,
+            )
+        wan = WanPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype, **components)
+        if wan.transformer is None or wan.transformer_2 is not None:
+            raise ValueError(
+                "LaCT patches single-transformer Wan2.1 T2V models; this folder has no `transformer`, "
+                "or has a `transformer_2`."
+            )
+        return cls(
+            tokenizer=wan.tokenizer,
+            text_encoder=wan.text_encoder,
+            vae=wan.vae,
+            scheduler=wan.scheduler,
+            transformer=LaCTWanTransformer3DModel.from_wan(wan.transformer, **lact_config),
+        )
+
+    # Prompt encoding is exactly Wan's (it only touches the tokenizer and the text encoder): reuse it.
+    _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds
+    encode_prompt = WanPipeline.encode_prompt
+
+    # Copied from diffusers.pipelines.wan.pipeline_wan.WanPipeline.check_inputs with guidance_scale_2->output_type
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        height,
+        width,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        callback_on_step_end_tensor_inputs=None,
+        output_type="np",
+    ):
+        if height % 16 != 0 or width % 16 != 0:
+            raise ValueError(f"`height` and `width` have to be divisible by 16 but are {height} and {width}.")
+
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` has to be in {self._callback_tensor_inputs}, but found {[k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]}"
+            )
+
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
+                " only forward one of the two."
+            )
+        elif negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`: {negative_prompt_embeds}. Please make sure to"
+                " only forward one of the two."
+            )
+        elif prompt is None and prompt_embeds is None:
+            raise ValueError(
+                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
+            )
+        elif prompt is not None and (not isinstance(prompt, str) and not isinstance(prompt, list)):
+            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        elif negative_prompt is not None and (
+            not isinstance(negative_prompt, str) and not isinstance(negative_prompt, list)
+        ):
+            raise ValueError(f"`negative_prompt` has to be of type `str` or `list` but is {type(negative_prompt)}")
+
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+
+    def check_num_frames(self, num_frames: int) -> int:
+        """Round `num_frames` to whole chunks and check it against the rotary table; returns the new value.
+
+        Valid values are `4 * F - 3` with `F` latent frames a multiple of `chunk_frames`. Like `WanPipeline`,
+        other values are rounded down (to `4n + 1`, then to whole chunks, at least one) with a warning.
+        """
+        t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
+        requested = num_frames
+        if num_frames % t != 1:
+            logger.warning(f"`num_frames - 1` has to be divisible by {t}. Rounding to the nearest number.")
+            num_frames = num_frames // t * t + 1
+        num_frames = max(num_frames, 1)
+        num_latent_frames = (num_frames - 1) // t + 1
+        if num_latent_frames % k:
+            num_latent_frames = max(num_latent_frames // k, 1) * k
+            num_frames = (num_latent_frames - 1) * t + 1
+            examples = ", ".join(str(k * n * t - t + 1) for n in (1, 2, 3))
+            logger.warning(
+                f"num_frames={requested} does not fill whole chunks of chunk_frames={k} latent frames: valid values "
+                f"are {t} * F - {t - 1} with F a multiple of {k} ({examples}, ...). Generating "
+                f"num_frames={num_frames} ({num_latent_frames} latent frames, {num_latent_frames // k} chunks) instead."
+            )
+        limit = self.transformer.config.rope_max_seq_len
+        if num_latent_frames > limit:
+            longest = (limit // k * k - 1) * t + 1
+            raise ValueError(
+                f"num_frames={num_frames} needs {num_latent_frames} latent frames, past the transformer's rotary table "
+                f"(rope_max_seq_len={limit} latent frames: at most num_frames={longest}). The table holds no weights, "
+                "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
+                "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
+                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`."
+            )
+        return num_frames
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int = 16,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """The initial noise, one chunk at a time: an iterator of (B, C, k, h, w) tensors.
+
+        Mirrors `WanPipeline.prepare_latents`, but the noise is drawn lazily, chunk by chunk, from `generator`,
+        so a longer video with the same seed starts with exactly the noise (and so the frames) of a shorter one,
+        and no noise for the whole video is ever held. `latents`, if given, is the whole (B, C, F, h, w) noise.
+        """
+        k = self.transformer.config.chunk_frames
+        num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
+        h, w = int(height) // self.vae_scale_factor_spatial, int(width) // self.vae_scale_factor_spatial
+        shape = (batch_size, num_channels_latents, num_latent_frames, h, w)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+                f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+            )
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"`latents` must have shape {shape} (B, C, F, h, w), got {tuple(latents.shape)}.")
+            return (chunk.to(device=device, dtype=dtype) for chunk in latents.split(k, dim=2))
+        chunk_shape = (batch_size, num_channels_latents, k, h, w)
+        return (
+            randn_tensor(chunk_shape, generator=generator, device=device, dtype=dtype)
+            for _ in range(num_latent_frames // k)
+        )
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self):
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self):
+        """Denoising steps of the whole video, `num_chunks * steps per chunk`: the number of callback calls."""
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def current_chunk(self):
+        """Index of the chunk being denoised (`None` outside generation)."""
+        return self._current_chunk
+
+    @property
+    def interrupt(self):
+        return self._interrupt
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        num_videos_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str | None = "np",
+        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 512,
+        output_path: str | os.PathLike | list | None = None,
+        fps: int = 16,
+    ) -> Iterator[np.ndarray | torch.Tensor | list]:
+        r"""
+        Generate chunk by chunk and yield every chunk's frames as soon as it is decoded.
+
+        Takes the arguments of `__call__`. Yields, per chunk, the batch's new frames in the `output_type` of
+        `__call__`'s `frames`: np (B, f, H, W, 3) floats in [0, 1], pt (B, f, 3, H, W), a list of B lists of PIL
+        images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k`;
+        concatenating them along the frame axis gives `__call__`'s frames. With `output_path`, the frames are
+        also appended to mp4 file(s) as they come. Nothing accumulates: memory stays flat however long the
+        video is. Stopping the iteration early closes the files with the chunks so far.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Check inputs. Raise error if not correct
+        self.check_inputs(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            prompt_embeds,
+            negative_prompt_embeds,
+            callback_on_step_end_tensor_inputs,
+            output_type,
+        )
+        if output_path is not None and output_type == "latent":
+            raise ValueError("`output_path` writes decoded frames; it cannot be used with output_type='latent'.")
+        num_frames = self.check_num_frames(num_frames)
+        num_chunks = ((num_frames - 1) // self.vae_scale_factor_temporal + 1) // self.transformer.config.chunk_frames
+
+        self._guidance_scale = guidance_scale
+        self._current_timestep = None
+        self._current_chunk = None
+        self._interrupt = False
+
+        device = self._execution_device
+
+        # 2. Define call parameters
+        if prompt is not None and isinstance(prompt, str):
+            batch_size = 1
+        elif prompt is not None and isinstance(prompt, list):
+            batch_size = len(prompt)
+        else:
+            batch_size = prompt_embeds.shape[0]
+
+        # 3. Encode input prompt
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            num_videos_per_prompt=num_videos_per_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            max_sequence_length=max_sequence_length,
+            device=device,
+        )
+
+        transformer_dtype = self.transformer.dtype
+        prompt_embeds = prompt_embeds.to(transformer_dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(transformer_dtype)
+
+        # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of
+        # callback calls) is chunks x steps.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        steps_per_chunk = len(self.scheduler.timesteps)
+        self._num_timesteps = num_chunks * steps_per_chunk
+
+        # 5. Prepare latent variables (lazily, chunk by chunk), the inference state and the outputs
+        num_videos = batch_size * num_videos_per_prompt
+        chunk_noise = self.prepare_latents(
+            num_videos,
+            self.transformer.config.in_channels,
+            height,
+            width,
+            num_frames,
+            torch.float32,
+            device,
+            generator,
+            latents,
+        )
+        # Classifier-free guidance runs both branches as batch rows [uncond, cond] of one forward, each row
+        # with its own state: the unconditional rows see the negative prompt throughout, commits included.
+        rows = 2 * num_videos if self.do_classifier_free_guidance else num_videos
+        state = self.transformer.init_state()
+        decoder = WanStreamingDecoder(self.vae) if output_type != "latent" else None
+        if decoder is not None and self.vae.use_tiling:
+            logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
+        writers = []
+        try:
+            if output_path is not None:
+                writers = [Mp4StreamWriter(p, height, width, fps) for p in video_paths(output_path, num_videos)]
+
+            # 6. Chunk loop
+            with self.progress_bar(total=self._num_timesteps) as progress_bar:
+                for chunk_index in range(num_chunks):
+                    if self.interrupt:
+                        break
+                    self._current_chunk = chunk_index
+
+                    # 6a. This chunk's noise (B, C, k, h, w), drawn only now
+                    latents = next(chunk_noise)
+
+                    # 6b. Denoise against the state (which the denoising passes do not change). `set_timesteps`
+                    # restarts the scheduler: it clears the step index and UniPC's multistep history
+                    # (`model_outputs`, `lower_order_nums`, `last_sample`), so every chunk is a fresh run.
+                    self.scheduler.set_timesteps(num_inference_steps, device=device)
+                    self.scheduler.set_begin_index(0)  # no DtoH sync to find the step index
+                    for i, t in enumerate(self.scheduler.timesteps):
+                        if self.interrupt:
+                            break
+                        self._current_timestep = t
+                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds)
+                        latent_model_input = latents.to(transformer_dtype)
+                        if self.do_classifier_free_guidance:
+                            latent_model_input = torch.cat([latent_model_input] * 2)  # (2B, C, k, h, w)
+                        noise_pred = self.transformer(
+                            latent_model_input, t.expand(rows), embeds, mode="denoise", state=state, return_dict=False
+                        )[0]
+                        if self.do_classifier_free_guidance:
+                            noise_uncond, noise_pred = noise_pred.chunk(2)
+                            noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+
+                        # compute the previous noisy sample x_t -> x_t-1
+                        latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+                        if callback_on_step_end is not None:
+                            tensors = {
+                                "latents": latents,
+                                "prompt_embeds": prompt_embeds,
+                                "negative_prompt_embeds": negative_prompt_embeds,
+                            }
+                            callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
+                            step = chunk_index * steps_per_chunk + i  # 0 .. num_timesteps - 1
+                            callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
+
+                            latents = callback_outputs.pop("latents", latents)
+                            prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                            negative_prompt_embeds = callback_outputs.pop(
+                                "negative_prompt_embeds", negative_prompt_embeds
+                            )
+                        progress_bar.update()
+                    self._current_timestep = None
+
+                    # 6c. Commit the finished clean chunk at t=0: updates the fast weights and the window.
+                    # The last chunk has no successor, so its commit is skipped.
+                    if chunk_index < num_chunks - 1 and not self.interrupt:
+                        clean = latents.to(transformer_dtype)
+                        if self.do_classifier_free_guidance:
+                            clean = torch.cat([clean] * 2)
+                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds)
+                        timestep = torch.zeros(rows, device=device, dtype=transformer_dtype)
+                        state = self.transformer(
+                            clean, timestep, embeds, mode="commit", state=state, return_dict=False
+                        )[1]
+
+                    # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
+                    if output_type == "latent":
+                        yield latents
+                        continue
+                    video = decoder.decode(self._denormalize(latents))  # (B, 3, f, H, W) in [-1, 1]
+                    frames = self.video_processor.postprocess_video(video, output_type=output_type)
+                    if writers:
+                        np_frames = frames if output_type == "np" else self.video_processor.postprocess_video(video)
+                        for writer, video_frames in zip(writers, np_frames):
+                            writer.write(video_frames)
+                    yield frames
+        finally:
+            # 7. Close the files (also when the caller stops early) and offload all models
+            for writer in writers:
+                writer.close()
+            self._current_chunk = None
+            self.maybe_free_model_hooks()
+
+    def _batch_embeds(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+        """(rows, L, D) text embeddings: [negative; positive] under classifier-free guidance."""
+        if self.do_classifier_free_guidance:
+            return torch.cat([negative_prompt_embeds, prompt_embeds])
+        return prompt_embeds
+
+    def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Undo the latent normalisation, exactly as `WanPipeline.__call__` does before decoding."""
+        latents = latents.to(get_module_execution_device(self.vae), dtype=self.vae.dtype)
+        latents_mean = (
+            torch.tensor(self.vae.config.latents_mean)
+            .view(1, self.vae.config.z_dim, 1, 1, 1)
+            .to(latents.device, latents.dtype)
+        )
+        latents_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, self.vae.config.z_dim, 1, 1, 1).to(
+            latents.device, latents.dtype
+        )
+        return latents / latents_std + latents_mean
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        prompt: str | list[str] = None,
+        negative_prompt: str | list[str] = None,
+        height: int = 480,
+        width: int = 832,
+        num_frames: int = 81,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        num_videos_per_prompt: int | None = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str | None = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        max_sequence_length: int = 512,
+        output_path: str | os.PathLike | list | None = None,
+        fps: int = 16,
+    ) -> LaCTVideoPipelineOutput | tuple:
+        r"""
+        Generate videos chunk by chunk (see `stream` for the chunk-wise generator).
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                The prompt or prompts to guide the video generation. If not defined, pass `prompt_embeds` instead.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The prompt or prompts to avoid. Ignored when not using guidance (`guidance_scale` <= 1).
+            height (`int`, defaults to `480`), width (`int`, defaults to `832`):
+                The video size in pixels; multiples of 16.
+            num_frames (`int`, defaults to `81`):
+                Video frames: `4 * F - 3` with `F` latent frames a multiple of the transformer's `chunk_frames`
+                (other values are rounded down, with a warning). Any length up to the transformer's
+                `rope_max_seq_len` latent frames, far beyond the training clips.
+            num_inference_steps (`int`, defaults to `50`):
+                Denoising steps per chunk.
+            guidance_scale (`float`, defaults to `5.0`):
+                Classifier-free guidance scale; enabled when > 1. Both branches run as batch rows of one forward.
+            num_videos_per_prompt (`int`, *optional*, defaults to 1):
+                The number of videos to generate per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Makes generation deterministic. The noise is drawn chunk by chunk, so the same seed with a larger
+                `num_frames` gives the same first frames.
+            latents (`torch.Tensor`, *optional*):
+                The whole initial noise, (B, C, F, h, w); drawn from `generator` if not given.
+            prompt_embeds (`torch.Tensor`, *optional*), negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Pre-generated (negative) text embeddings, instead of `prompt` (`negative_prompt`).
+            output_type (`str`, *optional*, defaults to `"np"`):
+                `"np"`, `"pt"`, `"pil"`, or `"latent"` (the normalised latents, not decoded).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Return a `LaCTVideoPipelineOutput` instead of a plain tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback`, `MultiPipelineCallbacks`, *optional*):
+                Called at the end of every denoising step of every chunk, `num_timesteps = chunks * steps` calls
+                in all, as `callback_on_step_end(self, step, timestep, callback_kwargs)`. `step` counts over the
+                whole video (`chunk * steps + i`; `self.current_chunk` tells the chunk), and the `"latents"` in
+                `callback_kwargs` are the current chunk's, (B, C, k, h, w). Setting `pipe._interrupt = True` ends
+                the current chunk at that step (it is still decoded) and starts no further chunk.
+            callback_on_step_end_tensor_inputs (`list`, *optional*):
+                Tensors passed in `callback_kwargs`: any of `._callback_tensor_inputs`.
+            max_sequence_length (`int`, defaults to `512`):
+                The maximum sequence length of the text encoder.
+            output_path (`str`, `os.PathLike` or a list, *optional*):
+                Write the video(s) to mp4 incrementally instead of returning frames: memory stays flat however
+                long the video. One path for several videos gets `_0`, `_1`, ... suffixes.
+            fps (`int`, defaults to 16): frame rate of the mp4 written to `output_path`.
+
+        Examples:
+
+        Returns:
+            `LaCTVideoPipelineOutput` or `tuple`: `frames` as in `WanPipelineOutput` (or `video_paths` when
+            `output_path` is given); as a tuple, the fields that are set.
+        """
+        # 1. Generate chunk by chunk
+        chunks = self.stream(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_frames=num_frames,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            num_videos_per_prompt=num_videos_per_prompt,
+            generator=generator,
+            latents=latents,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            output_type=output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            max_sequence_length=max_sequence_length,
+            output_path=output_path,
+            fps=fps,
+        )
+
+        # 2. Write the video files, or gather the chunks along the frame axis
+        if output_path is not None:
+            for frames in chunks:  # every chunk goes to the files only: nothing accumulates
+                pass
+            # `stream` always yields at least chunk 0; `frames` is the last chunk, one entry per video.
+            output = LaCTVideoPipelineOutput(frames=None, video_paths=video_paths(output_path, len(frames)))
+        elif output_type == "np":
+            output = LaCTVideoPipelineOutput(frames=np.concatenate(list(chunks), axis=1))
+        elif output_type == "pil":
+            videos = None
+            for frames in chunks:
+                videos = frames if videos is None else [v + f for v, f in zip(videos, frames)]
+            output = LaCTVideoPipelineOutput(frames=videos)
+        else:  # "pt": (B, F, 3, H, W); "latent": (B, C, F, h, w)
+            output = LaCTVideoPipelineOutput(frames=torch.cat(list(chunks), dim=1 if output_type == "pt" else 2))
+
+        if not return_dict:
+            return output.to_tuple()
+        return output
