@@ -15,7 +15,10 @@ from lact_video.layers import FastWeightMemory
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-GEOMETRY = ["--config", str(ROOT / "configs" / "tiny.yaml")]  # 32x32, 13 frames, chunks of 2 latent frames
+TINY_RECIPE = ["--config", str(ROOT / "configs" / "tiny.yaml")]
+# The tiny recipe's clip geometry, as overrides: 32x32, 13 frames, chunks of 2 latent frames.
+GEOMETRY = ["data.height=32", "data.width=32", "data.num_frames=13", "data.chunk_frames=2", "data.max_sequence_length=16",
+            "model.lact.fw_head_dim=12"]  # fmt: skip
 
 
 def load_validate():
@@ -126,7 +129,7 @@ def test_training_checkpoint_equals_its_export(tiny_wan_dir, videos, tmp_path):
     GradientState._reset_state()
     run = tmp_path / "run"
     trainer.main(
-        [*GEOMETRY, f"model.pretrained_model_name_or_path={tiny_wan_dir}", f"data.train_data_dir={videos}",
+        [*TINY_RECIPE, f"model.pretrained_model_name_or_path={tiny_wan_dir}", f"data.train_data_dir={videos}",
          f"train.output_dir={run}", "train.max_train_steps=2", "train.checkpointing_steps=2", "train.report_to=none",
          "ema.export_ema=false"]
     )  # fmt: skip
