@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 import torch
@@ -91,22 +90,6 @@ class Mp4StreamWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def export_to_video(
-    video_frames: list[np.ndarray] | np.ndarray, output_video_path: str | os.PathLike | None = None, fps: int = 16
-) -> str:
-    """`diffusers.utils.export_to_video` for float frames in [0, 1], through imageio-ffmpeg alone.
-
-    diffusers' version needs the `imageio` package (else OpenCV), which this project does not install;
-    this one writes the same uint8 frames with the ffmpeg that imageio-ffmpeg ships. Frames: (H, W, 3) each.
-    """
-    if output_video_path is None:
-        output_video_path = tempfile.NamedTemporaryFile(suffix=".mp4", delete=False).name
-    frames = np.asarray(video_frames)  # (F, H, W, 3)
-    with Mp4StreamWriter(output_video_path, frames.shape[1], frames.shape[2], fps) as writer:
-        writer.write(frames)
-    return str(output_video_path)
 
 
 def video_paths(output_path: str | os.PathLike | list, num_videos: int) -> list[str]:
