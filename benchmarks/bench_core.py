@@ -8,7 +8,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_min, report
+from common import interleaved_min, report, tune_malloc
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from lact_video import LaCTWanTransformer3DModel
@@ -144,9 +144,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no_malloc_tuning", action="store_true", help="keep glibc's default large-buffer handling")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    figures = {"threads": torch.get_num_threads()}
+    figures = {"threads": torch.get_num_threads(), "malloc_tuned": not args.no_malloc_tuning and tune_malloc()}
     figures.update(fast_weight_figures())
     figures.update(train_cost_figures())
     figures.update(decode_cost_figures())

@@ -126,15 +126,19 @@ class FastWeightMemory(nn.Module):
         new_weights = new_momentum = None
         if mode is ForwardMode.TEACHER_FORCING:
             n, noisy = layout.num_chunks, layout.num_noisy
+            # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
+            (noisy_q, clean_q), (_, clean_k), (_, clean_v), (_, clean_lr) = (
+                x.split([noisy, s - noisy], dim=1) for x in (q, k, v, lr)
+            )
             out_noisy, out_clean = fast_weight_teacher_forcing(
                 self._initial_weights(b),
-                q[:, :noisy].reshape(b * self.num_heads, n, -1, self.head_dim),  # (B*Hf, N, R*T, d)
-                q[:, noisy:],
-                k[:, noisy:],
-                v[:, noisy:],
-                lr[:, noisy:],
+                noisy_q.reshape(b * self.num_heads, n, -1, self.head_dim),  # (B*Hf, N, R*T, d)
+                clean_q,
+                clean_k,
+                clean_v,
+                clean_lr,
                 self.rule,
-                momentum[:, noisy:] if momentum is not None else None,
+                momentum.split([noisy, s - noisy], dim=1)[1] if momentum is not None else None,
             )
             out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
         else:

@@ -89,8 +89,9 @@ class LaCTAttention(nn.Module):
             context = (state.key[:, None], state.value[:, None])  # (B, 1, W, H, D)
         if mode is ForwardMode.TEACHER_FORCING:
             n, r, noisy = layout.num_chunks, layout.num_repeat, layout.num_noisy
-            noisy_qkv = tuple(x[:, :noisy].unflatten(1, (n, r)) for x in (qh, kh, vh))  # (B, N, R, T, H, D)
-            clean_qkv = tuple(x[:, noisy:] for x in (qh, kh, vh))  # (B, N-1, T, H, D)
+            # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
+            noisy_qkv, clean_qkv = zip(*(x.split([noisy, x.shape[1] - noisy], dim=1) for x in (qh, kh, vh)))
+            noisy_qkv = tuple(x.unflatten(1, (n, r)) for x in noisy_qkv)  # (B, N, R, T, H, D); clean (B, N-1, T, H, D)
             if self.full_causal:
                 noisy_out, clean_out = full_causal_attention_teacher_forcing(noisy_qkv, clean_qkv)
             else:

@@ -8,9 +8,11 @@ Shapes (batch and heads are folded into one leading dim `B`, i.e. `B = batch * H
     w0, w2: (B, dh, d)    w1: (B, d, dh)
     q, k, v: (B, L, d)    lr: (B, L, 3), rates for (w0, w1, w2)    momentum: (B,)
 
-Speed notes: W0 and W2 always see the same input, so they are applied as one GEMM against the
-stacked `(2dh, d)` matrix, and their gradients come out of one GEMM too. The plain reference in
-`naive.py` walks the same maths one segment at a time without these fusions.
+Speed notes (measured on the CPU, benchmarks/bench_core.py): the per-token rates scale the narrow
+`(T, d)` operand of each outer product rather than the `(T, dh)` one; W0 and W2 stay separate GEMMs
+(stacking them leaves strided halves that make the element-wise work slower than the saved call);
+queries are never concatenated across segments (the copy costs more than a second call). The plain
+reference in `naive.py` walks the same maths one segment at a time.
 """
 
 from dataclasses import dataclass
@@ -50,9 +52,8 @@ def row_norms(weights: FastWeights) -> FastWeights:
 
 def fast_weight_apply(weights: FastWeights, query: torch.Tensor) -> torch.Tensor:
     """Memory read-out `f_S(q)` for every token. `query` (B, L, d) -> (B, L, d)."""
-    dh = weights.w0.shape[1]
-    w02 = torch.cat([weights.w0, weights.w2], dim=1)  # (B, 2dh, d)
-    gate, hidden = torch.bmm(query, w02.transpose(1, 2)).split(dh, dim=-1)  # 2 x (B, L, dh)
+    gate = torch.bmm(query, weights.w0.transpose(1, 2))  # (B, L, dh)
+    hidden = torch.bmm(query, weights.w2.transpose(1, 2))  # (B, L, dh)
     return torch.bmm(F.silu(gate) * hidden, weights.w1.transpose(1, 2))  # (B, L, d)
 
 
@@ -65,9 +66,8 @@ def fast_weight_gradient(weights: FastWeights, key: torch.Tensor, value: torch.T
     Returns:
         The update directions `(dW0, dW1, dW2)`, shaped like the weights.
     """
-    dh = weights.w0.shape[1]
-    w02 = torch.cat([weights.w0, weights.w2], dim=1)  # (B, 2dh, d)
-    gate, hidden = torch.bmm(key, w02.transpose(1, 2)).split(dh, dim=-1)  # 2 x (B, T, dh)
+    gate = torch.bmm(key, weights.w0.transpose(1, 2))  # (B, T, dh)
+    hidden = torch.bmm(key, weights.w2.transpose(1, 2))  # (B, T, dh)
     delta = torch.bmm(value, weights.w1)  # W1^T v: (B, T, dh)
     sig = torch.sigmoid(gate)
     silu_gate = gate * sig
@@ -130,8 +130,8 @@ def fast_weight_teacher_forcing(
     """The memory over a whole teacher-forcing sequence, one short loop over chunks.
 
     Noisy segments of chunk `i` read the state after updates on `c_0 .. c_{i-1}`; clean chunk `c_i`
-    updates the state and then reads it. So step `i` applies one state to `[n_i, c_{i-1}]` together
-    (one large apply) and then updates on `c_i`: the same two calls inference makes per chunk.
+    updates the state and then reads it. So step `i` applies one state to `n_i` (all its copies at
+    once) and to `c_{i-1}`, then updates on `c_i`: the same calls inference makes per chunk.
 
     Args:
         weights: the initial state, (B, ...) as in `FastWeights`.
@@ -142,7 +142,7 @@ def fast_weight_teacher_forcing(
     Returns:
         `(noisy_out (B, N, Ln, d), clean_out (B, N-1, T, d))`.
     """
-    num_chunks, noisy_len, clean_shape = noisy_query.shape[1], noisy_query.shape[2], clean_query.shape
+    num_chunks, clean_shape = noisy_query.shape[1], clean_query.shape
     norms = row_norms(weights) if rule.weight_norm else None
     # unbind, not indexing: the backward of N slices would write N full-size gradient buffers,
     # which makes training quadratic in the number of chunks; unbind's backward is one stack.
@@ -152,13 +152,9 @@ def fast_weight_teacher_forcing(
     previous = None
     noisy_out, clean_out = [], []
     for i in range(num_chunks):
-        if i == 0:
-            noisy_out.append(fast_weight_apply(weights, noisy_query[0]))
-        else:
-            both = torch.cat([noisy_query[i], clean_query[i - 1]], dim=1)  # (B, Ln + T, d)
-            out = fast_weight_apply(weights, both)
-            noisy_out.append(out[:, :noisy_len])
-            clean_out.append(out[:, noisy_len:])
+        noisy_out.append(fast_weight_apply(weights, noisy_query[i]))  # (B, Ln, d)
+        if i > 0:
+            clean_out.append(fast_weight_apply(weights, clean_query[i - 1]))  # (B, T, d)
         if i < num_chunks - 1:
             momentum = clean_momentum[i] if rule.momentum else None
             weights, previous = fast_weight_update(

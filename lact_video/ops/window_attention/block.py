@@ -72,13 +72,15 @@ def window_attention_teacher_forcing(
     (nq, nk, nv), (cq, ck, cv) = noisy, clean
     num_repeat = nq.shape[2]
     clean_out = attend(cq, ck, cv)
-    first = attend(nq[:, :1], nk[:, :1], nv[:, :1])  # (B, 1, R, T, H, D)
     if nq.shape[1] == 1:
-        return first, clean_out
+        return attend(nq, nk, nv), clean_out
+    # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
+    (q0, q1), (k0, k1), (v0, v1) = (x.split([1, x.shape[1] - 1], dim=1) for x in (nq, nk, nv))
+    first = attend(q0, k0, v0)  # (B, 1, R, T, H, D)
     # Tail of c_{i-1}, shared by the R copies of chunk i: (B, N-1, R, W, H, D), a view, no copy.
     context_k = ck[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
     context_v = cv[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
-    rest = attend(nq[:, 1:], nk[:, 1:], nv[:, 1:], context_k, context_v)
+    rest = attend(q1, k1, v1, context_k, context_v)
     return torch.cat([first, rest], dim=1), clean_out
 
 
