@@ -21,6 +21,7 @@ from enum import Enum
 
 from omegaconf import MISSING, OmegaConf
 
+import lact_video
 from lact_video.data.config import DataConfig
 from lact_video.evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
 from lact_video.models.transformer_lact_wan import MODES
@@ -236,6 +237,9 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         print(OmegaConf.to_yaml(OmegaConf.structured(FinetuneConfig)))
+        raise SystemExit(0)
+    if argv and argv[0] == "--version":
+        print(f"lact-video {lact_video.__version__}")
         raise SystemExit(0)
     config_path, overrides = split_argv(argv)
     merged = OmegaConf.structured(FinetuneConfig)
