@@ -8,12 +8,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from common import interleaved_min, report, tune_malloc
+from common import interleaved_min, malloc_tuned, report, run_with_tuned_malloc
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers import FastWeightMemory, LaCTAttention
-from lact_video.layers.rotary import chunk_rotary_emb
+from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
 from lact_video.ops.fast_weight import FastWeights, UpdateRule, fast_weight_naive, fast_weight_teacher_forcing
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
@@ -97,8 +97,6 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
             q = layer.norm_q(q.flatten(-2)).unflatten(-1, (heads, -1))
             kk = layer.norm_k(kk.flatten(-2)).unflatten(-1, (heads, -1))
             cos, sin = (r.flatten(0, 1) for r in rotary)  # (L, 1, D)
-            from lact_video.layers.rotary import apply_rotary_emb
-
             q, kk = apply_rotary_emb(q, cos, sin), apply_rotary_emb(kk, cos, sin)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
@@ -109,7 +107,7 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
 
     times = interleaved_min(
         {"lact_short": lact_step(short), "lact_long": lact_step(long), "full_short": full_step(short), "full_long": full_step(long)},
-        repeats=3,
+        repeats=5,
     )
     per_chunk = {name: value / (short if name.endswith("short") else long) for name, value in times.items()}
     return {
@@ -146,8 +144,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no_malloc_tuning", action="store_true", help="keep glibc's default large-buffer handling")
     args = parser.parse_args()
+    if not args.no_malloc_tuning:
+        run_with_tuned_malloc()
     torch.set_num_threads(args.threads)
-    figures = {"threads": torch.get_num_threads(), "malloc_tuned": not args.no_malloc_tuning and tune_malloc()}
+    figures = {"threads": torch.get_num_threads(), "malloc_tuned": malloc_tuned()}
     figures.update(fast_weight_figures())
     figures.update(train_cost_figures())
     figures.update(decode_cost_figures())

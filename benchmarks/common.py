@@ -4,32 +4,31 @@ These machines are noisy, so every figure is a ratio of two timings taken in the
 the two sides are timed alternately (A, B, A, B, ...) keeping each side's minimum.
 """
 
-import ctypes
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
-# glibc mallopt parameters.
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+# glibc's malloc settings, read from the environment at process start: serve large tensors from the
+# heap and keep freed memory there (mallopt alone caps the mmap threshold at 32 MiB).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
-def tune_malloc() -> bool:
-    """Keep freed large buffers in the heap instead of returning them to the OS.
+def run_with_tuned_malloc() -> None:
+    """Re-run this script once with `MALLOC_ENV` set (no-op when it already is).
 
-    By default glibc serves tensors over its mmap threshold with fresh pages and unmaps them on free,
-    so every step page-faults its large activations again; the cost per byte grows once tensors cross
-    the threshold and shows up as a fake growth of cost with video length (measured here: 1.34 vs
-    1.12 at 512 tokens per chunk). GPU runs never see this (PyTorch's caching allocator). Returns
-    whether glibc accepted the settings.
+    By default glibc serves large tensors with fresh pages and unmaps them on free, so every step
+    page-faults its activations again; the cost per byte grows with the tensors and shows up as a
+    fake growth of cost with video length (measured here: 1.34 vs 1.12 at 512 tokens per chunk).
+    GPU runs never see this (PyTorch's caching allocator keeps its blocks).
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return all(
-        libc.mallopt(param, value)
-        for param, value in ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20))
-    )
+    if any(os.environ.get(key) != value for key, value in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+
+def malloc_tuned() -> bool:
+    return all(os.environ.get(key) == value for key, value in MALLOC_ENV.items())
 
 
 def time_once(fn) -> float:
