@@ -85,6 +85,21 @@ class FastWeightMemory(nn.Module):
         x = apply_rotary_emb(x.unflatten(-1, (-1, self.attention_head_dim)), *rotary_emb).flatten(-2)
         return F.normalize(self._to_heads(x), dim=-1)
 
+    def _write_inputs(self, hidden_states, key, value, rotary_emb):
+        """What an update needs, for segments that write: keys and values (B*Hf, S', T, d), per-token
+        rates (B*Hf, S', T, 3), and the chunk-mean momentum gate (B*Hf, S') or None."""
+        b, s, t, _ = hidden_states.shape
+        k = self._query_or_key(key, 1, rotary_emb)
+        v = self._to_heads(value)
+        lr = F.softplus(self.lr_proj(hidden_states).float()).type_as(k)  # (B, S', T, Hf*3)
+        lr = lr.view(b, s, t, self.num_heads, 3).permute(0, 3, 1, 2, 4).flatten(0, 1)
+        momentum = None
+        if self.momentum_proj is not None:
+            # One momentum per head and chunk: the mean gate over the chunk's tokens.
+            momentum = torch.sigmoid(self.momentum_proj(hidden_states)).mean(dim=2)  # (B, S', Hf)
+            momentum = momentum.permute(0, 2, 1).flatten(0, 1)
+        return k, v, lr, momentum
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -112,47 +127,38 @@ class FastWeightMemory(nn.Module):
         q = self._query_or_key(query, 0, rotary_emb)  # (B*Hf, S, T, d)
         new_weights = new_momentum = None
         if mode is ForwardMode.DENOISE:
-            # 1. Read only: keys, values and rates matter only where the memory is written.
+            # Read only: keys, values and rates matter only where the memory is written.
             weights = state.fast_weights if state.fast_weights is not None else self._initial_weights(b)
             out = fast_weight_apply(weights, q[:, 0]).unsqueeze(1)  # (B*Hf, 1, T, d)
-        else:
-            # 1. Memory inputs, per fast-weight head.
-            k = self._query_or_key(key, 1, rotary_emb)  # (B*Hf, S, T, d)
-            v = self._to_heads(value)
-            lr = F.softplus(self.lr_proj(hidden_states).float()).type_as(q)  # (B, S, T, Hf*3)
-            lr = lr.view(b, s, t, self.num_heads, 3).permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B*Hf, S, T, 3)
-            momentum = None
-            if self.momentum_proj is not None:
-                # One momentum per head and chunk: the mean gate over the chunk's tokens.
-                momentum = torch.sigmoid(self.momentum_proj(hidden_states)).mean(dim=2)  # (B, S, Hf)
-                momentum = momentum.permute(0, 2, 1).flatten(0, 1)  # (B*Hf, S)
-
-            # 2. Write the memory with the clean chunks, and read it.
-            if mode is ForwardMode.TEACHER_FORCING:
-                n, noisy = layout.num_chunks, layout.num_noisy
-                # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
-                (noisy_q, clean_q), (_, clean_k), (_, clean_v), (_, clean_lr) = (
-                    x.split([noisy, s - noisy], dim=1) for x in (q, k, v, lr)
-                )
-                out_noisy, out_clean = fast_weight_teacher_forcing(
-                    self._initial_weights(b),
-                    noisy_q.reshape(b * self.num_heads, n, -1, self.head_dim),  # (B*Hf, N, R*T, d)
-                    clean_q,
-                    clean_k,
-                    clean_v,
-                    clean_lr,
-                    self.rule,
-                    momentum.split([noisy, s - noisy], dim=1)[1] if momentum is not None else None,
-                )
-                out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
-            else:  # COMMIT
-                weights = state.fast_weights if state.fast_weights is not None else self._initial_weights(b)
-                norms = row_norms(self._initial_weights(b)) if self.rule.weight_norm else None
-                m = momentum[:, 0] if momentum is not None else None
-                new_weights, new_momentum = fast_weight_update(
-                    weights, k[:, 0], v[:, 0], lr[:, 0], self.rule, norms, m, state.momentum
-                )
-                out = fast_weight_apply(new_weights, q[:, 0]).unsqueeze(1)  # (B*Hf, 1, T, d)
+        elif mode is ForwardMode.TEACHER_FORCING:
+            # 1. Keys, values and rates of the clean segments only: the noisy ones never write.
+            n, noisy = layout.num_chunks, layout.num_noisy
+            # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
+            noisy_q, clean_q = q.split([noisy, s - noisy], dim=1)
+            clean_inputs = (x.split([noisy, s - noisy], dim=1)[1] for x in (hidden_states, key, value))
+            clean_rotary = tuple(x.split([noisy, s - noisy], dim=0)[1] for x in rotary_emb)
+            clean_k, clean_v, clean_lr, clean_momentum = self._write_inputs(*clean_inputs, clean_rotary)
+            # 2. Write the memory chunk by chunk, and read it.
+            out_noisy, out_clean = fast_weight_teacher_forcing(
+                self._initial_weights(b),
+                noisy_q.reshape(b * self.num_heads, n, -1, self.head_dim),  # (B*Hf, N, R*T, d)
+                clean_q,
+                clean_k,
+                clean_v,
+                clean_lr,
+                self.rule,
+                clean_momentum,
+            )
+            out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
+        else:  # COMMIT: write the chunk, then read it.
+            k, v, lr, momentum = self._write_inputs(hidden_states, key, value, rotary_emb)
+            weights = state.fast_weights if state.fast_weights is not None else self._initial_weights(b)
+            norms = row_norms(self._initial_weights(b)) if self.rule.weight_norm else None
+            m = momentum[:, 0] if momentum is not None else None
+            new_weights, new_momentum = fast_weight_update(
+                weights, k[:, 0], v[:, 0], lr[:, 0], self.rule, norms, m, state.momentum
+            )
+            out = fast_weight_apply(new_weights, q[:, 0]).unsqueeze(1)  # (B*Hf, 1, T, d)
 
         # 3. Per-head RMSNorm, merge heads, per-token scalar gate.
         out = self.output_norm(out)
