@@ -96,8 +96,8 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
             q, kk, v = (proj(x).unflatten(-1, (heads, -1)) for proj in (layer.to_q, layer.to_k, layer.to_v))
             q = layer.norm_q(q.flatten(-2)).unflatten(-1, (heads, -1))
             kk = layer.norm_k(kk.flatten(-2)).unflatten(-1, (heads, -1))
-            cos, sin = (r.flatten(0, 1) for r in rotary)  # (L, 1, D)
-            q, kk = apply_rotary_emb(q, cos, sin), apply_rotary_emb(kk, cos, sin)
+            freqs = rotary.flatten(0, 1)  # (L, 1, D/2, 2)
+            q, kk = apply_rotary_emb(q, freqs), apply_rotary_emb(kk, freqs)
             out = F.scaled_dot_product_attention(
                 q.transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
             ).transpose(1, 2)

@@ -42,6 +42,7 @@ from pipelines import LaCTVideoPipeline, WanStreamingDecoder  # noqa: E402
 
 PROMPT = "a cat walks across a sunny kitchen floor"
 NEGATIVE = "low quality, blurry, static"
+SECTIONS = ("chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled")
 TINY_LACT = dict(chunk_frames=3, fw_head_dim=12)
 SMALL_LACT = dict(chunk_frames=3, fw_head_dim=128)
 
@@ -145,11 +146,14 @@ def bench_peak_rss(base: str, size: int, steps: int, threads: int) -> dict:
     }
 
 
-def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_frames: int = 48) -> dict:
+def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_frames: int = 48, compile: bool = False) -> dict:
     """End-to-end wall time of both pipelines, side by side, on the same weights and arguments.
 
     Both decode with the same VAE (LaCT chunk by chunk, Wan in one call), which costs the same and
     dilutes the speedup; the decode is timed on its own as well, to report the denoising speedup.
+    With `compile`, both transformers get diffusers' regional compilation
+    (`compile_repeated_blocks(fullgraph=True)`) and one untimed warm-up run each (two steps) compiles
+    every graph first; the figures then carry a `_compiled` suffix.
     """
     from diffusers import WanPipeline
 
@@ -157,6 +161,13 @@ def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_fra
     wan.set_progress_bar_config(disable=True)
     lact = load_lact(base, SMALL_LACT)
     kwargs = generation_kwargs(latent_frames // 3, size, steps)
+    compile_s = {}
+    if compile:
+        for name, pipe in (("wan", wan), ("lact", lact)):
+            pipe.transformer.compile(fullgraph=True)
+            start = time.perf_counter()
+            pipe(**{**kwargs, "num_inference_steps": 2}, output_type="latent")
+            compile_s[name] = time.perf_counter() - start
     total = {}
     for _ in range(repeats):  # alternating, best of `repeats`: a shared CPU is noisy
         for name, pipe in (("wan", wan), ("lact", lact)):
@@ -175,17 +186,92 @@ def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_fra
         for chunk in latents.split(3, dim=2):
             decoder.decode(chunk)
         decode["lact"] = time.perf_counter() - start
-    return {
+    suffix = "_compiled" if compile else ""
+    figures = {
         "speedup_vs_wanpipeline": total["wan"] / total["lact"],
         "speedup_without_vae_decode": (total["wan"] - decode["wan"]) / (total["lact"] - decode["lact"]),
         "wanpipeline_s": total["wan"],
         "lact_s": total["lact"],
         "vae_decode_s_wan": decode["wan"],
         "vae_decode_s_lact_streamed": decode["lact"],
+    }
+    if compile:
+        figures.update({"compile_warmup_s_wan": compile_s["wan"], "compile_warmup_s_lact": compile_s["lact"]})
+    return {
+        **{f"{key}{suffix}": value for key, value in figures.items()},
         "speedup_frames": 4 * latent_frames - 3,
         "speedup_steps": steps,
         "speedup_repeats": repeats,
     }
+
+
+def bench_step_time_by_length(base: str, size: int, lengths=(24, 48, 96), steps=(2, 6), compile: bool = False) -> dict:
+    """Seconds per denoising step of the whole video, for both pipelines, against the video's length.
+
+    Each pipeline runs twice per length, with `steps[0]` and `steps[1]` steps (latents out); the
+    difference over the extra steps is the cost of one step over the whole video (LaCT: every chunk's
+    batched-guidance forward; Wan: its two full-attention forwards), free of the costs paid once
+    per video or per chunk (text encoding, commits). Wan's full attention grows with the square of
+    the length; LaCT's chunks cost the same however many came before.
+    """
+    from diffusers import WanPipeline
+
+    wan = WanPipeline.from_pretrained(base)
+    wan.set_progress_bar_config(disable=True)
+    lact = load_lact(base, SMALL_LACT)
+    if compile:
+        for pipe in (wan, lact):
+            pipe.transformer.compile(fullgraph=True)
+    per_step = {"wan": [], "lact": []}
+    for frames in lengths:
+        for name, pipe in (("wan", wan), ("lact", lact)):
+            if compile:  # compile this length's graphs outside the timing
+                pipe(**generation_kwargs(frames // 3, size, 1), output_type="latent")
+            times = []
+            for num_steps in steps:
+                start = time.perf_counter()
+                pipe(**generation_kwargs(frames // 3, size, num_steps), output_type="latent")
+                times.append(time.perf_counter() - start)
+            per_step[name].append((times[1] - times[0]) / (steps[1] - steps[0]))
+    suffix = "_compiled" if compile else ""
+    return {
+        f"step_latent_frames{suffix}": list(lengths),
+        f"step_s_wan{suffix}": per_step["wan"],
+        f"step_s_lact{suffix}": per_step["lact"],
+        f"step_speedup{suffix}": [w / l for w, l in zip(per_step["wan"], per_step["lact"])],
+    }
+
+
+def plot_step_time(results: dict, path: pathlib.Path) -> None:
+    """Left: seconds per denoising step against latent frames; right: the speedup, Wan over LaCT."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.2), dpi=120)
+    times, speedups = fig.subplots(1, 2)
+    for suffix, style, label in (("", "-", "eager"), ("_compiled", "--", "torch.compile")):
+        if f"step_s_wan{suffix}" not in results:
+            continue
+        frames = results[f"step_latent_frames{suffix}"]
+        times.plot(frames, results[f"step_s_wan{suffix}"], style, marker="o", color="tab:red", label=f"WanPipeline, {label}")
+        times.plot(frames, results[f"step_s_lact{suffix}"], style, marker="o", color="tab:blue", label=f"LaCTVideoPipeline, {label}")
+        speedups.plot(frames, results[f"step_speedup{suffix}"], style, marker="o", color="black", label=label)
+        for x, r in zip(frames, results[f"step_speedup{suffix}"]):
+            speedups.annotate(f"{r:.2f}", (x, r), textcoords="offset points", xytext=(5, -10), fontsize=8)
+    times.set_ylabel("seconds per denoising step (whole video)")
+    speedups.set_ylabel("Wan time / LaCT time")
+    speedups.axhline(1.0, color="gray", linewidth=0.8)
+    for ax in (times, speedups):
+        ax.set_xlabel("latent frames (x4 - 3 video frames)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"One denoising step over the whole video, guidance on, {results['size']}x{results['size']}: "
+        f"small random Wan (4 blocks, dim 256), CPU, {results['threads']} thread(s)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
 
 def main(argv=None) -> None:
@@ -199,7 +285,11 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--speedup-repeats", type=int, default=2, help="timed runs of each pipeline (best is kept)")
     parser.add_argument(
-        "--only", default="chunk_time,rss,speedup", help="comma-separated subset of chunk_time,rss,speedup"
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    parser.add_argument(
+        "--plot", type=pathlib.Path, default=REPO / "docs" / "pipeline_step_time.png",
+        help="where the step-time-by-length figure goes",
     )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
@@ -209,23 +299,36 @@ def main(argv=None) -> None:
 
     from lact_video.tiny import build_tiny_wan
 
+    sections = args.only.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tiny = str(build_tiny_wan(pathlib.Path(tmp) / "tiny", seed=0, size="tiny"))
         small = str(build_tiny_wan(pathlib.Path(tmp) / "small", seed=0, size="small"))
         results = {"threads": torch.get_num_threads(), "size": args.size, "steps": args.steps, "guidance_scale": 5.0}
-        if "chunk_time" in args.only:
+        if "chunk_time" in sections:
             results.update(bench_chunk_time(tiny, args.size, args.steps))
             results.update(bench_chunk_time(tiny, args.size, args.steps, output_type="latent"))
-        if "rss" in args.only:
+        if "rss" in sections:
             results.update(bench_peak_rss(tiny, args.size, args.steps, args.threads))
-        if "speedup" in args.only:
+        if "speedup" in sections:
             results.update(bench_speedup(small, args.size, args.speedup_steps, args.speedup_repeats))
+        if "speedup_compiled" in sections:
+            results.update(bench_speedup(small, args.size, args.speedup_steps, args.speedup_repeats, compile=True))
+        if "length" in sections:
+            results.update(bench_step_time_by_length(small, args.size))
+        if "length_compiled" in sections:
+            results.update(bench_step_time_by_length(small, args.size, compile=True))
+    if args.plot and ("step_s_wan" in results or "step_s_wan_compiled" in results):
+        plot_step_time(results, args.plot)
 
     targets = {
         "chunk_time_growth": ("<=", 1.10),
         "peak_rss_growth": ("<=", 1.10),
         "speedup_vs_wanpipeline": (">=", 1.5),
+        "speedup_vs_wanpipeline_compiled": (">=", 1.5),
     }
     print(f"{'metric':<34}{'value':>12}  target")
     for key, value in results.items():

@@ -5,7 +5,7 @@ import torch
 
 import lact_video.layers.fast_weight_memory as memory_module
 from lact_video.layers import FastWeightMemory, LaCTAttention
-from lact_video.layers.rotary import chunk_rotary_emb
+from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
 from lact_video.ops.fast_weight import fast_weight_naive
 from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
@@ -60,7 +60,7 @@ def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
             layer.memory.momentum_proj.weight.normal_(std=0.3)
     layout = TeacherForcingLayout(n, r)
     rope = WanRotaryPosEmbed(dim // heads, (1, 2, 2), 64)
-    rotary = tuple(x.double() for x in chunk_rotary_emb(rope, layout.grouped_chunks, k, h, w))
+    rotary = chunk_rotary_emb(rope, layout.grouped_chunks, k, h, w, dtype=torch.float64)
     x = torch.randn(1, layout.num_segments, k * h * w, dim, dtype=torch.float64)
 
     results = []
@@ -76,3 +76,33 @@ def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
     assert fast_grads["memory.w0"].abs().max() > 0
     for name in fast_grads:
         torch.testing.assert_close(fast_grads[name], naive_grads[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def wan_rotary_reference(x, cos, sin):
+    """Wan's attention processor, verbatim in effect: rotate interleaved pairs with real tables."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2], sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+@pytest.mark.parametrize("path", ["eager-complex", "compiled-real"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_chunk_rotary_equals_wan_rotary_over_a_clip(monkeypatch, dtype, path):
+    """Per-chunk tables, chunk after chunk, rotate exactly as Wan does over the whole clip, on both the
+    eager (complex product) path and the real-arithmetic path that compiled graphs take."""
+    if path == "compiled-real":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    heads, head_dim, k, h, w, n = 2, 12, 2, 3, 4, 3
+    rope = WanRotaryPosEmbed(head_dim, (1, 2, 2), 64)
+    cos, sin = rope(torch.zeros(1, 16, n * k, 2 * h, 2 * w))  # (1, L, 1, D), float64
+    x = torch.randn(1, n * k * h * w, heads, head_dim).to(dtype)
+    table_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    freqs = chunk_rotary_emb(rope, tuple(range(n)), k, h, w, table_dtype)  # (N, T, 1, D/2, 2)
+    ours = apply_rotary_emb(x.unflatten(1, (n, -1)), freqs).flatten(1, 2)
+    assert ours.dtype == dtype
+    tolerance = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(ours, wan_rotary_reference(x, cos, sin), rtol=tolerance, atol=tolerance)

@@ -360,3 +360,26 @@ def test_stream_to_files_for_a_batch_and_stop_early(pipe, tmp_path):
     assert [c.shape[:2] for c in frames] == [(2, 4 * K - 3), (2, 4 * K)]
     for i in range(2):
         assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / f"v_{i}.mp4"))[0] == frames_for(2)
+
+
+def test_compiled_transformer_generates_the_same_video_without_recompiling_per_chunk(tiny_wan_dir):
+    """`pipe.transformer.compile(fullgraph=True)`: one graph per (mode, first chunk or not), reused by
+    every later chunk, and the same video as eager up to float rounding."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    pipe = LaCTVideoPipeline.from_wan(tiny_wan_dir, **LACT_CONFIG)
+    activate_memory(pipe.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    eager = pipe(**call_kwargs(num_frames=frames_for(3)), output_type="latent").frames
+
+    pipe.transformer.compile(fullgraph=True)
+    compiled = pipe(**call_kwargs(num_frames=frames_for(3)), output_type="latent").frames
+    graphs = counters["stats"]["unique_graphs"]
+    # denoise and commit, each for chunk 0 (no window, initial fast weights) and for later chunks
+    assert graphs == 4
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+    longer = pipe(**call_kwargs(num_frames=frames_for(5)), output_type="latent").frames
+    assert counters["stats"]["unique_graphs"] == graphs  # chunks 3 and 4 reuse the graphs
+    torch.testing.assert_close(longer[:, :, : 3 * K], compiled, rtol=1e-4, atol=1e-4)

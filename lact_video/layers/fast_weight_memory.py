@@ -81,8 +81,8 @@ class FastWeightMemory(nn.Module):
     def _query_or_key(self, x, which: int, rotary_emb):
         """Scale/offset (`which`: 0 query, 1 key), rotary in Wan's head layout, regroup into Hf heads,
         L2-normalise. (B, S, T, C) -> (B*Hf, S, T, d)."""
-        x = x * self.qk_scale[:, which] + self.qk_offset[:, which]  # (B, S, T, C)
-        x = apply_rotary_emb(x.unflatten(-1, (-1, self.attention_head_dim)), *rotary_emb).flatten(-2)
+        x = torch.addcmul(self.qk_offset[:, which], x, self.qk_scale[:, which])  # (B, S, T, C)
+        x = apply_rotary_emb(x.unflatten(-1, (-1, self.attention_head_dim)), rotary_emb).flatten(-2)
         return F.normalize(self._to_heads(x), dim=-1)
 
     def _write_inputs(self, hidden_states, key, value, rotary_emb):
@@ -106,7 +106,7 @@ class FastWeightMemory(nn.Module):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        rotary_emb: torch.Tensor,
         mode: ForwardMode,
         layout: TeacherForcingLayout | None = None,
         state: LayerState | None = None,
@@ -116,7 +116,7 @@ class FastWeightMemory(nn.Module):
         Args:
             hidden_states: (B, S, T, C) the block's normalised, modulated input (drives lr and gate).
             query, key: (B, S, T, C) after `norm_q`/`norm_k`, before rotary.  value: (B, S, T, C).
-            rotary_emb: (cos, sin), each (S, T, 1, D).
+            rotary_emb: (S, T, 1, D/2, 2) rotary table (`chunk_rotary_emb`).
             layout: grouped teacher-forcing layout (`TEACHER_FORCING` only).
             state: the layer's state (`DENOISE`, `COMMIT`).
 
@@ -136,7 +136,7 @@ class FastWeightMemory(nn.Module):
             # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
             noisy_q, clean_q = q.split([noisy, s - noisy], dim=1)
             clean_inputs = (x.split([noisy, s - noisy], dim=1)[1] for x in (hidden_states, key, value))
-            clean_rotary = tuple(x.split([noisy, s - noisy], dim=0)[1] for x in rotary_emb)
+            clean_rotary = rotary_emb.split([noisy, s - noisy], dim=0)[1]
             clean_k, clean_v, clean_lr, clean_momentum = self._write_inputs(*clean_inputs, clean_rotary)
             # 2. Write the memory chunk by chunk, and read it.
             out_noisy, out_clean = fast_weight_teacher_forcing(

@@ -59,7 +59,7 @@ class LaCTAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor],
+        rotary_emb: torch.Tensor,
         mode: ForwardMode,
         layout: TeacherForcingLayout | None = None,
         state: LayerState | None = None,
@@ -68,7 +68,7 @@ class LaCTAttention(nn.Module):
 
         Args:
             hidden_states: (B, S, T, C), segments in grouped order (`TEACHER_FORCING`) or one chunk.
-            rotary_emb: (cos, sin), each (S, T, 1, D).
+            rotary_emb: (S, T, 1, D/2, 2) rotary table (`chunk_rotary_emb`).
 
         Returns:
             `(out (B, S, T, C), state)`: the input state for `DENOISE`, a new one for `COMMIT`,
@@ -79,7 +79,7 @@ class LaCTAttention(nn.Module):
         k = self.norm_k(self.to_k(hidden_states))
         v = self.to_v(hidden_states)
         qh, kh, vh = (x.unflatten(-1, (self.heads, -1)) for x in (q, k, v))  # (B, S, T, H, D)
-        qh, kh = apply_rotary_emb(qh, *rotary_emb), apply_rotary_emb(kh, *rotary_emb)
+        qh, kh = apply_rotary_emb(qh, rotary_emb), apply_rotary_emb(kh, rotary_emb)
         window = None if self.full_causal else self._window(hidden_states.shape[2])
 
         # 2. Window (or full block-causal) attention.

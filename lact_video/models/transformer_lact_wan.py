@@ -312,7 +312,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             num_segments = 1
             timestep = timestep.expand(b).reshape(b, 1)
             chunk_indices = (state.num_chunks,)
-        rotary_emb = chunk_rotary_emb(self.rope, chunk_indices, k, height // p_h, width // p_w)
+        # float64 runs (equivalence checks) get float64 tables; everything else rotates in float32.
+        table_dtype = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
+        rotary_emb = chunk_rotary_emb(self.rope, chunk_indices, k, height // p_h, width // p_w, table_dtype)
 
         # 2. Patch embedding and per-segment conditioning
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, S*T, D)
