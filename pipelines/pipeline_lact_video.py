@@ -28,12 +28,15 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from lact_video.models import LaCTWanTransformer3DModel
+from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
 
 from .streaming import Mp4StreamWriter, WanStreamingDecoder, video_paths
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+# `from_pretrained` keywords that say where to find the files (also needed to read `model_index.json`).
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -110,7 +113,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
         pretrained_model_name_or_path: str | os.PathLike,
         torch_dtype: torch.dtype | dict | None = None,
         rope_max_seq_len: int | None = None,
-        **lact_config,
+        **kwargs,
     ) -> "LaCTVideoPipeline":
         """Load a plain Wan2.1 T2V diffusers folder (or hub id) and patch its transformer with LaCT.
 
@@ -122,9 +125,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
             torch_dtype: as in `DiffusionPipeline.from_pretrained`.
             rope_max_seq_len: override the rotary table length (latent frames; the default of Wan2.1 is 1024).
                 It holds no weights, so raising it is free; it bounds how long a video can be.
-            lact_config: LaCT config keys (`chunk_frames`, `window_size`, `fw_head_dim`, ...; see
-                `LaCTWanTransformer3DModel`).
+            kwargs: LaCT config keys (`chunk_frames`, `window_size`, `fw_head_dim`, ...; see
+                `LaCTWanTransformer3DModel`); any other keyword goes to `WanPipeline.from_pretrained`.
         """
+        lact_config = {key: kwargs.pop(key) for key in LACT_CONFIG_KEYS if key in kwargs}
         components = {}
         if rope_max_seq_len is not None:  # a config override: load the transformer ourselves
             dtype = torch_dtype
@@ -135,8 +139,9 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 subfolder="transformer",
                 torch_dtype=dtype,
                 rope_max_seq_len=rope_max_seq_len,
+                **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS},
             )
-        wan = WanPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype, **components)
+        wan = WanPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype, **components, **kwargs)
         if wan.transformer is None or wan.transformer_2 is not None:
             raise ValueError(
                 "LaCT patches single-transformer Wan2.1 T2V models; this folder has no `transformer`, "
@@ -149,6 +154,29 @@ class LaCTVideoPipeline(DiffusionPipeline):
             scheduler=wan.scheduler,
             transformer=LaCTWanTransformer3DModel.from_wan(wan.transformer, **lact_config),
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "LaCTVideoPipeline":
+        """Load a LaCT pipeline folder (exported by finetuning, or written by `save_pretrained`), or a plain
+        Wan2.1 T2V folder, which is patched on load as `from_wan` does (LaCT config keys as keyword
+        arguments, e.g. `chunk_frames=3, fw_head_dim=768`; the memory is then untrained: window attention
+        only). Other keywords are those of `DiffusionPipeline.from_pretrained`.
+        """
+        index = cls.load_config(pretrained_model_name_or_path, **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS})
+        if index.get("transformer", [None, None])[1] == WanTransformer3DModel.__name__:
+            logger.warning(
+                f"{pretrained_model_name_or_path} is a plain Wan2.1 pipeline: patching its transformer with LaCT. The "
+                "fast-weight memory is untrained (its gate is zero), so this is window attention only until finetuned."
+            )
+            return cls.from_wan(pretrained_model_name_or_path, **kwargs)
+        lact_keys = sorted(set(kwargs) & set(LACT_CONFIG_KEYS))
+        if lact_keys:
+            raise ValueError(
+                f"{lact_keys} configure the patching of a plain Wan2.1 folder, but {pretrained_model_name_or_path} "
+                "already holds a LaCT transformer, whose config sets them (and whose weights depend on them). Load it "
+                "without them, or patch the Wan base again with `LaCTVideoPipeline.from_wan(base, ...)`."
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # Prompt encoding is exactly Wan's (it only touches the tokenizer and the text encoder): reuse it.
     _get_t5_prompt_embeds = WanPipeline._get_t5_prompt_embeds

@@ -31,6 +31,10 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--output", default="video.mp4")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the transformer (fullgraph): 4 graphs, compiled during the first two chunks, then reused",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
     args = parser.parse_args(argv)
 
@@ -41,6 +45,8 @@ def main(argv=None):
     else:
         pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     pipe.to(device)
+    if args.compile:
+        pipe.transformer.compile(fullgraph=True)
     start = time.perf_counter()
     out = pipe(
         args.prompt,

@@ -202,9 +202,21 @@ def test_save_pretrained_then_from_pretrained_gives_identical_videos(pipe, tmp_p
     np.testing.assert_array_equal(reloaded(**call_kwargs()).frames, pipe(**call_kwargs()).frames)
 
 
-def test_plain_wan_folder_needs_from_wan(tiny_wan_dir):
-    with pytest.raises(TypeError, match="from_wan"):
-        LaCTVideoPipeline.from_pretrained(tiny_wan_dir)
+def test_from_pretrained_patches_a_plain_wan_folder_like_from_wan(tiny_wan_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        loaded = LaCTVideoPipeline.from_pretrained(tiny_wan_dir, **LACT_CONFIG)
+    assert "plain Wan2.1 pipeline" in caplog.text and "window attention only" in caplog.text
+    patched = LaCTVideoPipeline.from_wan(tiny_wan_dir, **LACT_CONFIG)
+    assert loaded.transformer.config.use_momentum and loaded.transformer.config.chunk_frames == K
+    for p in (loaded, patched):
+        p.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(loaded(**call_kwargs()).frames, patched(**call_kwargs()).frames)
+
+
+def test_lact_keys_for_a_lact_folder_are_refused(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "lact")
+    with pytest.raises(ValueError, match=r"\['chunk_frames'\].*already holds a LaCT transformer"):
+        LaCTVideoPipeline.from_pretrained(tmp_path / "lact", chunk_frames=2)
 
 
 def test_fixed_generator_is_deterministic(pipe):
