@@ -439,12 +439,13 @@ class LaCTVideoPipeline(DiffusionPipeline):
             if output_path is not None:
                 writers = [Mp4StreamWriter(p, height, width, fps) for p in video_paths(output_path, num_videos)]
 
-            # 6. Chunk loop
+            # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
             with self.progress_bar(total=self._num_timesteps) as progress_bar:
                 for chunk_index in range(num_chunks):
                     if self.interrupt:
                         break
                     self._current_chunk = chunk_index
+                    progress_bar.set_postfix_str(f"chunk {chunk_index + 1}/{num_chunks}", refresh=False)
 
                     # 6a. This chunk's noise (B, C, k, h, w), drawn only now
                     latents = next(chunk_noise)

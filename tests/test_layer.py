@@ -106,3 +106,19 @@ def test_chunk_rotary_equals_wan_rotary_over_a_clip(monkeypatch, dtype, path):
     assert ours.dtype == dtype
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-6, torch.bfloat16: 1e-2}[dtype]
     torch.testing.assert_close(ours, wan_rotary_reference(x, cos, sin), rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("path", ["eager-complex", "compiled-real"])
+def test_rotary_gradient_equals_wan_reference(monkeypatch, path):
+    """Training backpropagates through the rotation: its gradient matches Wan's real-arithmetic one."""
+    if path == "compiled-real":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    torch.manual_seed(0)
+    rope = WanRotaryPosEmbed(12, (1, 2, 2), 64)
+    cos, sin = rope(torch.zeros(1, 16, 4, 4, 4))  # (1, 16, 1, 12)
+    freqs = chunk_rotary_emb(rope, (0, 1), 2, 2, 2, torch.float64).flatten(0, 1)  # (16, 1, 6, 2)
+    x = torch.randn(1, 16, 2, 12, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(1, 16, 2, 12, dtype=torch.float64)
+    (grad_ours,) = torch.autograd.grad((apply_rotary_emb(x, freqs) * weights).sum(), x)
+    (grad_wan,) = torch.autograd.grad((wan_rotary_reference(x, cos, sin) * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_wan, rtol=1e-12, atol=1e-12)

@@ -5,6 +5,7 @@ the fast-weight state. The fixture therefore opens the gate and raises the fast-
 rates, so that every chunk's output depends on the memory of the chunks before it.
 """
 
+import io
 import json
 import logging
 
@@ -395,3 +396,13 @@ def test_compiled_transformer_generates_the_same_video_without_recompiling_per_c
     longer = pipe(**call_kwargs(num_frames=frames_for(5)), output_type="latent").frames
     assert counters["stats"]["unique_graphs"] == graphs  # chunks 3 and 4 reuse the graphs
     torch.testing.assert_close(longer[:, :, : 3 * K], compiled, rtol=1e-4, atol=1e-4)
+
+
+def test_progress_bar_counts_steps_and_names_the_chunk(pipe):
+    bar = io.StringIO()
+    pipe.set_progress_bar_config(file=bar, disable=False, mininterval=0)
+    try:
+        pipe(**call_kwargs(num_frames=frames_for(2), num_inference_steps=2), output_type="latent")
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "4/4" in bar.getvalue() and "chunk 2/2" in bar.getvalue()
