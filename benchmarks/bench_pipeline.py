@@ -11,7 +11,7 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
 - `peak_rss_growth`: peak RSS (`VmHWM`) of a fresh process that streams 64 chunks to an mp4,
   over one that streams 16. Target <= 1.10. The peak is set by a transient: the first VAE decodes
   add 100-200 MiB of freed-but-resident conv buffers, and how much of it glibc hands back varies
-  from process to process (peaks of identical runs differ by up to 25%). So each length runs in
+  from process to process (peaks of identical runs differ by up to 30%). So each length runs in
   `repeats` fresh processes and the smallest peaks are compared; every peak is reported. Most of a
   process's RSS is its imports and weights, so the RSS after every chunk of a 64-chunk run is
   sampled too: `rss_growth_within_run` is the largest RSS after chunks 49..64 over the largest
@@ -21,6 +21,9 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
   48 latent frames), wall time over `LaCTVideoPipeline`'s, guidance on. On the "small" model
   (4 layers, dim 256): in the "tiny" one (dim 24) attention costs next to nothing. Both pipelines
   spend the same time in the VAE decode, so the speedup without it is reported too. Target >= 1.5.
+  `speedup_compiled`: the same with both transformers under `torch.compile(fullgraph=True)`.
+- `length` / `length_compiled`: seconds per denoising step of the whole video at 24, 48 and 96
+  latent frames for both pipelines (see `bench_step_time_by_length`), plotted to `--plot`.
 
     python benchmarks/bench_pipeline.py --json outputs/bench_pipeline.json [--threads 1]
 """
@@ -152,25 +155,32 @@ def bench_peak_rss(base: str, size: int, steps: int, threads: int, repeats: int 
     }
 
 
-def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_frames: int = 48, compile: bool = False) -> dict:
-    """End-to-end wall time of both pipelines, side by side, on the same weights and arguments.
-
-    Both decode with the same VAE (LaCT chunk by chunk, Wan in one call), which costs the same and
-    dilutes the speedup; the decode is timed on its own as well, to report the denoising speedup.
-    With `compile`, both transformers get diffusers' regional compilation
-    (`compile_repeated_blocks(fullgraph=True)`) and one untimed warm-up run each (two steps) compiles
-    every graph first; the figures then carry a `_compiled` suffix.
-    """
+def load_pair(base: str, compile: bool = False):
+    """`WanPipeline` and `LaCTVideoPipeline` on the same base weights, optionally both compiled alike."""
     from diffusers import WanPipeline
 
     wan = WanPipeline.from_pretrained(base)
     wan.set_progress_bar_config(disable=True)
     lact = load_lact(base, SMALL_LACT)
+    if compile:
+        for pipe in (wan, lact):
+            pipe.transformer.compile(fullgraph=True)
+    return wan, lact
+
+
+def bench_speedup(base: str, size: int, steps: int, repeats: int = 2, latent_frames: int = 48, compile: bool = False) -> dict:
+    """End-to-end wall time of both pipelines, side by side, on the same weights and arguments.
+
+    Both decode with the same VAE (LaCT chunk by chunk, Wan in one call), which costs the same and
+    dilutes the speedup; the decode is timed on its own as well, to report the denoising speedup.
+    With `compile`, both transformers go through `torch.compile(fullgraph=True)` and one untimed
+    warm-up run each (two steps) compiles every graph first; the figures then carry a `_compiled` suffix.
+    """
+    wan, lact = load_pair(base, compile)
     kwargs = generation_kwargs(latent_frames // 3, size, steps)
     compile_s = {}
     if compile:
         for name, pipe in (("wan", wan), ("lact", lact)):
-            pipe.transformer.compile(fullgraph=True)
             start = time.perf_counter()
             pipe(**{**kwargs, "num_inference_steps": 2}, output_type="latent")
             compile_s[name] = time.perf_counter() - start
@@ -220,14 +230,7 @@ def bench_step_time_by_length(base: str, size: int, lengths=(24, 48, 96), steps=
     per video or per chunk (text encoding, commits). Wan's full attention grows with the square of
     the length; LaCT's chunks cost the same however many came before.
     """
-    from diffusers import WanPipeline
-
-    wan = WanPipeline.from_pretrained(base)
-    wan.set_progress_bar_config(disable=True)
-    lact = load_lact(base, SMALL_LACT)
-    if compile:
-        for pipe in (wan, lact):
-            pipe.transformer.compile(fullgraph=True)
+    wan, lact = load_pair(base, compile)
     per_step = {"wan": [], "lact": []}
     for frames in lengths:
         for name, pipe in (("wan", wan), ("lact", lact)):
