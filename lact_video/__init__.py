@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from .models import LaCTTransformerOutput, LaCTWanTransformer3DModel
 from .sequence import TeacherForcingLayout, interleave_teacher_forcing, interleave_timesteps
-from .state import ForwardMode, LaCTState, LayerState
+from .state import ForwardMode, LaCTState, LayerState, TextContext
 
 __all__ = [
     "ForwardMode",
@@ -13,6 +13,7 @@ __all__ = [
     "LaCTWanTransformer3DModel",
     "LayerState",
     "TeacherForcingLayout",
+    "TextContext",
     "__version__",
     "interleave_teacher_forcing",
     "interleave_timesteps",

@@ -41,6 +41,26 @@ class LaCTState:
         return cls(tuple(LayerState() for _ in range(num_layers)), 0)
 
 
+@dataclass(frozen=True)
+class TextContext:
+    """The prompt, projected once per video by `encode_text`: every block's cross-attention keys and
+    values. Chunk-by-chunk generation calls the model chunks x steps times with the same prompt, so it
+    passes this instead of the embeddings, which the model would otherwise project again in every call.
+    Read-only, like the weights.
+
+    Attributes:
+        keys_values: per block, `(key, value)`, each (B, L, H, D), as Wan's cross-attention computes them.
+        dtype: the prompt embeddings' dtype, to which Wan casts the time embedding.
+    """
+
+    keys_values: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    dtype: torch.dtype
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys_values[0][0].shape[0]
+
+
 class ForwardMode(str, Enum):
     """What a forward pass computes. Always passed explicitly, never inferred from shapes."""
 

@@ -431,6 +431,9 @@ class LaCTVideoPipeline(DiffusionPipeline):
         # with its own state: the unconditional rows see the negative prompt throughout, commits included.
         rows = 2 * num_videos if self.do_classifier_free_guidance else num_videos
         state = self.transformer.init_state()
+        # The prompt's cross-attention keys and values: the first call projects them and hands them back for
+        # every later call of the video (through the transformer's forward, so that offloading hooks run).
+        text = None
         decoder = WanStreamingDecoder(self.vae) if output_type != "latent" else None
         if decoder is not None and self.vae.use_tiling:
             logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
@@ -459,13 +462,19 @@ class LaCTVideoPipeline(DiffusionPipeline):
                         if self.interrupt:
                             break
                         self._current_timestep = t
-                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds)
                         latent_model_input = latents.to(transformer_dtype)
                         if self.do_classifier_free_guidance:
                             latent_model_input = torch.cat([latent_model_input] * 2)  # (2B, C, k, h, w)
-                        noise_pred = self.transformer(
-                            latent_model_input, t.expand(rows), embeds, mode="denoise", state=state, return_dict=False
-                        )[0]
+                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds) if text is None else None
+                        noise_pred, _, text = self.transformer(
+                            latent_model_input,
+                            t.expand(rows),
+                            embeds,
+                            mode="denoise",
+                            state=state,
+                            text_context=text,
+                            return_dict=False,
+                        )
                         if self.do_classifier_free_guidance:
                             noise_uncond, noise_pred = noise_pred.chunk(2)
                             noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
@@ -484,10 +493,13 @@ class LaCTVideoPipeline(DiffusionPipeline):
                             callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
 
                             latents = callback_outputs.pop("latents", latents)
-                            prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
-                            negative_prompt_embeds = callback_outputs.pop(
-                                "negative_prompt_embeds", negative_prompt_embeds
+                            new_embeds = (
+                                callback_outputs.pop("prompt_embeds", prompt_embeds),
+                                callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds),
                             )
+                            if new_embeds[0] is not prompt_embeds or new_embeds[1] is not negative_prompt_embeds:
+                                prompt_embeds, negative_prompt_embeds = new_embeds
+                                text = None  # the next call projects the new prompt
                         progress_bar.update()
                     self._current_timestep = None
 
@@ -497,11 +509,11 @@ class LaCTVideoPipeline(DiffusionPipeline):
                         clean = latents.to(transformer_dtype)
                         if self.do_classifier_free_guidance:
                             clean = torch.cat([clean] * 2)
-                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds)
                         timestep = torch.zeros(rows, device=device, dtype=transformer_dtype)
-                        state = self.transformer(
-                            clean, timestep, embeds, mode="commit", state=state, return_dict=False
-                        )[1]
+                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds) if text is None else None
+                        _, state, text = self.transformer(
+                            clean, timestep, embeds, mode="commit", state=state, text_context=text, return_dict=False
+                        )
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
                     if output_type == "latent":

@@ -8,6 +8,7 @@ from utils import assert_rel_close, rel_err
 
 from lact_video import LaCTState, LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.layers import FastWeightMemory
+from lact_video.layers.text_attention import text_cross_attention, text_keys_values
 from lact_video.wan_configs import WAN21_T2V_CONFIGS
 
 C, K, H, W = 16, 2, 4, 4  # latent channels, frames per chunk, latent height/width: T = 2*2*2 = 8 tokens
@@ -222,6 +223,34 @@ def test_bad_inputs_raise(wan):
         lact_model(wan, window_size=9)(seq, ts, text)
     with pytest.raises(ValueError, match="'bogus' is not a valid ForwardMode"):
         model(seq, ts, text, mode="bogus")
+    with pytest.raises(ValueError, match="not both or neither"):
+        model(seq, ts, text, text_context=model.encode_text(text))
+    with pytest.raises(ValueError, match="not both or neither"):
+        model(seq, ts)
+    with pytest.raises(ValueError, match="The prompt has 1 rows but the latents have 2"):
+        model(seq, ts, text_context=model.encode_text(text[:1]))
+
+
+def test_text_context_equals_prompt_embeddings(wan):
+    """The prompt projected once (`encode_text`) gives what projecting it in every call gives, in
+    every mode, and the cross-attention split equals Wan's own cross-attention module."""
+    model = lact_model(wan)
+    clean, noisy, t, text = clip(n=2)
+    context = model.encode_text(text)
+    seq, ts = interleave_teacher_forcing(noisy, clean, K), interleave_timesteps(t)
+    with torch.no_grad():
+        torch.testing.assert_close(model(seq, ts, text_context=context).sample, model(seq, ts, text).sample, rtol=0, atol=0)
+        state = model(clean[:, :, :K], torch.zeros(2), text, mode="commit", state=model.init_state()).state
+        cached = model(noisy[:, 0, :, K:], t[:, 0, 1], mode="denoise", state=state, text_context=context).sample
+        torch.testing.assert_close(cached, model(noisy[:, 0, :, K:], t[:, 0, 1], text, mode="denoise", state=state).sample, rtol=0, atol=0)
+        block = model.blocks[1]
+        tokens, projected = torch.randn(2, 5, block.attn2.to_q.in_features), model.condition_embedder.text_embedder(text)
+        torch.testing.assert_close(
+            text_cross_attention(block.attn2, tokens, *text_keys_values(block.attn2, projected)),
+            block.attn2(tokens, projected),
+            rtol=0,
+            atol=0,
+        )
 
 
 @pytest.mark.parametrize("name", WAN21_T2V_CONFIGS)

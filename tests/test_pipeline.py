@@ -348,6 +348,23 @@ def test_callback_can_edit_latents_and_interrupt(pipe):
     assert frames.shape[1] == frames_for(2)  # chunks 0 and 1 (cut short), no more
 
 
+def test_callback_can_change_the_prompt_mid_video(pipe):
+    """The projected prompt is computed once per video, and again when a callback hands back new
+    embeddings: a stale projection would leave chunk 1 as it was."""
+    steps = 2
+
+    def dim_the_prompt_from_chunk_1(p, step, timestep, kwargs):
+        return {"prompt_embeds": 0.5 * kwargs["prompt_embeds"]} if step == steps - 1 else {}
+
+    kwargs = call_kwargs(num_frames=frames_for(2), num_inference_steps=steps, output_type="latent")
+    plain = pipe(**kwargs).frames
+    kwargs.update(generator=torch.Generator().manual_seed(0), callback_on_step_end=dim_the_prompt_from_chunk_1)
+    kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+    changed = pipe(**kwargs).frames
+    torch.testing.assert_close(changed[:, :, :K], plain[:, :, :K], rtol=0, atol=0)
+    assert (changed[:, :, K:] - plain[:, :, K:]).abs().max() > 1e-3
+
+
 def test_output_path_writes_the_mp4_incrementally(pipe, tmp_path):
     path = tmp_path / "video.mp4"
     out = pipe(**call_kwargs(num_frames=frames_for(3), output_path=path, fps=8))
@@ -390,8 +407,9 @@ def test_compiled_transformer_generates_the_same_video_without_recompiling_per_c
     pipe.transformer.compile(fullgraph=True)
     compiled = pipe(**call_kwargs(num_frames=frames_for(3)), output_type="latent").frames
     graphs = counters["stats"]["unique_graphs"]
-    # denoise and commit, each for chunk 0 (no window, initial fast weights) and for later chunks
-    assert graphs == 4
+    # denoise and commit, each for chunk 0 (no window, initial fast weights) and for later chunks, and
+    # the video's first call, which also projects the prompt
+    assert graphs == 5
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
     longer = pipe(**call_kwargs(num_frames=frames_for(5)), output_type="latent").frames

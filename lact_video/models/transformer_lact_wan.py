@@ -35,9 +35,10 @@ from diffusers.utils import BaseOutput
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
 from ..layers.rotary import chunk_rotary_emb
+from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout, check_chunking
-from ..state import ForwardMode, LaCTState
+from ..state import ForwardMode, LaCTState, TextContext
 
 # Config keys that LaCT adds to a Wan transformer config.
 LACT_CONFIG_KEYS = (
@@ -74,10 +75,13 @@ class LaCTTransformerOutput(BaseOutput):
         sample: velocity. `TEACHER_FORCING`: (B, R, C, F, H, W) for every noisy copy; `DENOISE`:
             (B, C, k, H, W); `COMMIT`: None (the clean pass only updates the state).
         state: the state to pass to the next call (`DENOISE`: the input state; `COMMIT`: updated).
+        text_context: the projected prompt this call used, to pass to the next calls of the same video
+            instead of the embeddings (like `past_key_values`, it saves recomputing them).
     """
 
     sample: torch.Tensor | None
     state: LaCTState | None = None
+    text_context: TextContext | None = None
 
 
 class LaCTWanTransformerBlock(WanTransformerBlock):
@@ -90,8 +94,9 @@ class LaCTWanTransformerBlock(WanTransformerBlock):
         super().__init__(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
         self.attn1 = attn1
 
-    def forward(self, hidden_states, encoder_hidden_states, temb, rotary_emb, mode, layout=None, state=None):
-        """hidden_states (B, S, T, D); temb (B, S, 6, D); encoder_hidden_states (B, L_text, D)."""
+    def forward(self, hidden_states, text_kv, temb, rotary_emb, mode, layout=None, state=None):
+        """hidden_states (B, S, T, D); text_kv: this block's prompt key and value (`TextContext`);
+        temb (B, S, 6, D)."""
         modulation = (self.scale_shift_table.unsqueeze(0) + temb.float()).chunk(6, dim=2)  # 6 x (B, S, 1, D)
         shift_msa, scale_msa, gate_msa, c_shift_msa, c_scale_msa, c_gate_msa = modulation
 
@@ -102,7 +107,7 @@ class LaCTWanTransformerBlock(WanTransformerBlock):
 
         # 2. Cross-attention: per token, so the segments can share one flat sequence.
         norm_hidden_states = self.norm2(hidden_states.float()).type_as(hidden_states)
-        attn_output = self.attn2(norm_hidden_states.flatten(1, 2), encoder_hidden_states, None, None)
+        attn_output = text_cross_attention(self.attn2, norm_hidden_states.flatten(1, 2), *text_kv)
         hidden_states = hidden_states + attn_output.view_as(hidden_states)
 
         # 3. Feed-forward
@@ -263,14 +268,39 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         """An empty inference state: nothing committed, chunk 0 comes next."""
         return LaCTState.empty(len(self.blocks))
 
+    def encode_text(self, encoder_hidden_states: torch.Tensor) -> TextContext:
+        """Project the prompt once: Wan's text embedding, then every block's cross-attention keys and
+        values. Pass the result as `text_context` to every call of a chunk-by-chunk video.
+
+        Args:
+            encoder_hidden_states: (B, L, text_dim) prompt embeddings.
+        """
+        text = self.condition_embedder.text_embedder(encoder_hidden_states)  # (B, L, D)
+        keys_values = tuple(text_keys_values(block.attn2, text) for block in self.blocks)
+        return TextContext(keys_values, encoder_hidden_states.dtype)
+
+    def _embed_time(self, timestep: torch.Tensor, num_segments: int, dtype: torch.dtype):
+        """The time half of Wan's `condition_embedder` (its text half is `encode_text`).
+
+        timestep (B*S,) -> temb (B, S, D), timestep_proj (B, S, 6*D).
+        """
+        embedder = self.condition_embedder
+        timestep = embedder.timesteps_proj(timestep).unflatten(0, (-1, num_segments))
+        embedder_dtype = next(iter(embedder.time_embedder.parameters())).dtype
+        if timestep.dtype != embedder_dtype and embedder_dtype != torch.int8:
+            timestep = timestep.to(embedder_dtype)
+        temb = embedder.time_embedder(timestep).to(dtype)
+        return temb, embedder.time_proj(embedder.act_fn(temb))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
         mode: ForwardMode | str = ForwardMode.TEACHER_FORCING,
         state: LaCTState | None = None,
         return_dict: bool = True,
+        text_context: TextContext | None = None,
     ) -> LaCTTransformerOutput | tuple:
         """
         Args:
@@ -278,7 +308,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
                 `lact_video.interleave_teacher_forcing`). `DENOISE`/`COMMIT`: (B, C, k, H, W), one chunk.
             timestep: `TEACHER_FORCING`: (B, S), one per segment, 0 for clean segments
                 (`lact_video.interleave_timesteps`). Otherwise (B,).
-            encoder_hidden_states: (B, L_text, text_dim) prompt embeddings.
+            encoder_hidden_states: (B, L_text, text_dim) prompt embeddings; or instead
+            text_context: the same prompts projected once, by `encode_text` or as handed back by an
+                earlier call (chunk-by-chunk generation passes it to every call of a video).
             mode: a `ForwardMode` or its value.
             state: required for `DENOISE` and `COMMIT` (start from `init_state()`).
         """
@@ -289,6 +321,15 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         p_t, p_h, p_w = self.config.patch_size
         if height % p_h or width % p_w:
             raise ValueError(f"Latent height/width {height}x{width} must be multiples of the patch size {p_h}x{p_w}.")
+        if (encoder_hidden_states is None) == (text_context is None):
+            raise ValueError(
+                "Pass the prompt either as `encoder_hidden_states` (embeddings) or as `text_context` (from "
+                "`model.encode_text(encoder_hidden_states)`), not both or neither."
+            )
+        if text_context is None:
+            text_context = self.encode_text(encoder_hidden_states)
+        if text_context.batch_size != b:
+            raise ValueError(f"The prompt has {text_context.batch_size} rows but the latents have {b}; they must match.")
         layout = None
         if mode is ForwardMode.TEACHER_FORCING:
             if state is not None:
@@ -319,16 +360,15 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         # 2. Patch embedding and per-segment conditioning
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, S*T, D)
         hidden_states = hidden_states.unflatten(1, (num_segments, -1)).contiguous()  # (B, S, T, D)
-        temb, timestep_proj, encoder_hidden_states, _ = self.condition_embedder(
-            timestep.flatten(), encoder_hidden_states, None, timestep_seq_len=num_segments
-        )  # temb (B, S, D): one time embedding per segment, broadcast over its tokens later
+        # temb (B, S, D): one time embedding per segment, broadcast over its tokens later
+        temb, timestep_proj = self._embed_time(timestep.flatten(), num_segments, text_context.dtype)
         timestep_proj = timestep_proj.unflatten(2, (6, -1))  # (B, S, 6, D)
 
         # 3. Transformer blocks
         layer_states = state.layers if state is not None else (None,) * len(self.blocks)
         new_layer_states = []
-        for block, layer_state in zip(self.blocks, layer_states):
-            args = (hidden_states, encoder_hidden_states, timestep_proj, rotary_emb, mode, layout, layer_state)
+        for block, text_kv, layer_state in zip(self.blocks, text_context.keys_values, layer_states):
+            args = (hidden_states, text_kv, timestep_proj, rotary_emb, mode, layout, layer_state)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 hidden_states, layer_state = self._gradient_checkpointing_func(block, *args)
             else:
@@ -336,7 +376,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             new_layer_states.append(layer_state)
         if mode is ForwardMode.COMMIT:
             new_state = LaCTState(tuple(new_layer_states), state.num_chunks + 1)
-            return LaCTTransformerOutput(sample=None, state=new_state) if return_dict else (None, new_state)
+            output = (None, new_state, text_context)
+            return LaCTTransformerOutput(*output) if return_dict else output
 
         # 4. Output norm and projection, for the noisy segments only
         if layout is not None:
@@ -355,7 +396,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             output = output.permute(0, 2, 3, 1, 4, 5, 6).flatten(3, 4)  # (B, R, C, F, H, W)
         else:
             output = output[:, 0]  # (B, C, k, H, W)
-        return LaCTTransformerOutput(sample=output, state=state) if return_dict else (output, state)
+        output = (output, state, text_context)
+        return LaCTTransformerOutput(*output) if return_dict else output
 
 
 def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_norm, config) -> None:
