@@ -131,6 +131,7 @@ def test_from_wan_keeps_pretrained_weights(wan, tiny_wan_dir):
     new = [n for n in lact_state if n not in wan.state_dict()]
     assert new and all(".attn1.memory." in n for n in new)
     assert model.blocks[0].attn1.memory.gate_proj.weight.eq(0).all()
+    assert not any(m.training for m in model.modules())  # eval mode, as from_pretrained
 
 
 @pytest.mark.parametrize("target", ["clean", "noisy"])

@@ -232,7 +232,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         torch_dtype: torch.dtype | None = None,
         **lact_config,
     ) -> "LaCTWanTransformer3DModel":
-        """Patch a pretrained Wan transformer, keeping all its weights.
+        """Patch a pretrained Wan transformer, keeping all its weights. Returns it in eval mode.
 
         Args:
             wan: a `WanTransformer3DModel`, or a path/hub id of one (`subfolder="transformer"` for a
@@ -262,7 +262,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             memory.to_empty(device=reference.device)
             memory.reset_parameters()
             memory.to(reference.dtype)
-        return model
+        return model.eval()  # as diffusers' `from_pretrained` hands models back; training calls `.train()`
 
     def init_state(self) -> LaCTState:
         """An empty inference state: nothing committed, chunk 0 comes next."""
