@@ -27,6 +27,8 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
   `speedup_compiled`: the same with both transformers under `torch.compile(fullgraph=True)`.
 - `length` / `length_compiled`: seconds per denoising step of the whole video at 24, 48 and 96
   latent frames for both pipelines (see `bench_step_time_by_length`), plotted to `--plot`.
+- `text_context`: a chunk's denoising forward with the prompt projected in the call over the same
+  forward reusing the projection of an earlier call (`text_context`), at 16 and 512 prompt tokens.
 
     python benchmarks/bench_pipeline.py --json outputs/bench_pipeline.json [--threads 1]
 """
@@ -52,7 +54,7 @@ from pipelines import LaCTVideoPipeline, WanStreamingDecoder  # noqa: E402
 
 PROMPT = "a cat walks across a sunny kitchen floor"
 NEGATIVE = "low quality, blurry, static"
-SECTIONS = ("chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled")
+SECTIONS = ("chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled", "text_context")
 TINY_LACT = dict(chunk_frames=3, fw_head_dim=12)
 SMALL_LACT = dict(chunk_frames=3, fw_head_dim=128)
 
@@ -240,8 +242,8 @@ def bench_step_time_by_length(base: str, size: int, lengths=(24, 48, 96), steps=
     per_step = {"wan": [], "lact": []}
     for frames in lengths:
         for name, pipe in (("wan", wan), ("lact", lact)):
-            if compile:  # compile this length's graphs outside the timing
-                pipe(**generation_kwargs(frames // 3, size, 1), output_type="latent")
+            if compile:  # compile this length's graphs outside the timing (two steps reach every graph)
+                pipe(**generation_kwargs(frames // 3, size, 2), output_type="latent")
             times = []
             for num_steps in steps:
                 start = time.perf_counter()
@@ -255,6 +257,42 @@ def bench_step_time_by_length(base: str, size: int, lengths=(24, 48, 96), steps=
         f"step_s_lact{suffix}": per_step["lact"],
         f"step_speedup{suffix}": [w / l for w, l in zip(per_step["wan"], per_step["lact"])],
     }
+
+
+def bench_text_context(base: str, size: int, text_tokens=(16, 512), calls: int = 16, repeats: int = 5) -> dict:
+    """What projecting the prompt once per video saves: one chunk's batched-guidance denoising forward
+    with the prompt embeddings (projected again in the call) over the same forward with the
+    `text_context` an earlier call handed back. The pipeline's chunk loop is the second; before it
+    cached the prompt, it was the first. Alternating blocks of `calls` forwards, best of `repeats`.
+    """
+    from lact_video.state import ForwardMode
+
+    transformer = load_lact(base, SMALL_LACT).transformer
+    chunk = torch.randn(2, 16, SMALL_LACT["chunk_frames"], size // 8, size // 8)
+    figures = {}
+    with torch.no_grad():
+        state = transformer.init_state()
+        for _ in range(2):  # a window and updated fast weights, as every chunk after the first has
+            state = transformer(chunk, torch.zeros(2), torch.randn(2, 16, 32), ForwardMode.COMMIT, state).state
+        for tokens in text_tokens:
+            embeds = torch.randn(2, tokens, transformer.config.text_dim)
+            context = transformer.encode_text(embeds)
+            timestep = torch.full((2,), 500.0)
+            ways = {
+                "projected_per_call": lambda: transformer(chunk, timestep, embeds, ForwardMode.DENOISE, state),
+                "projected_once": lambda: transformer(chunk, timestep, None, ForwardMode.DENOISE, state, text_context=context),
+            }
+            best = dict.fromkeys(ways, float("inf"))
+            for _ in range(repeats):
+                for name, call in ways.items():
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        call()
+                    best[name] = min(best[name], (time.perf_counter() - start) / calls)
+            figures[f"denoise_ms_prompt_projected_per_call_{tokens}_tokens"] = best["projected_per_call"] * 1e3
+            figures[f"denoise_ms_prompt_projected_once_{tokens}_tokens"] = best["projected_once"] * 1e3
+            figures[f"text_context_speedup_{tokens}_tokens"] = best["projected_per_call"] / best["projected_once"]
+    return figures
 
 
 def plot_step_time(results: dict, path: pathlib.Path) -> None:
@@ -340,6 +378,8 @@ def main(argv=None) -> None:
             results.update(bench_step_time_by_length(small, args.size))
         if "length_compiled" in sections:
             results.update(bench_step_time_by_length(small, args.size, compile=True))
+        if "text_context" in sections:
+            results.update(bench_text_context(small, args.size))
     if args.plot and ("step_s_wan" in results or "step_s_wan_compiled" in results):
         plot_step_time(results, args.plot)
 
