@@ -268,14 +268,15 @@ def bench_text_context(base: str, size: int, text_tokens=(16, 512), calls: int =
     from lact_video.state import ForwardMode
 
     transformer = load_lact(base, SMALL_LACT).transformer
-    chunk = torch.randn(2, 16, SMALL_LACT["chunk_frames"], size // 8, size // 8)
+    chunk = torch.randn(2, transformer.config.in_channels, SMALL_LACT["chunk_frames"], size // 8, size // 8)
+    text_dim = transformer.config.text_dim
     figures = {}
     with torch.no_grad():
         state = transformer.init_state()
         for _ in range(2):  # a window and updated fast weights, as every chunk after the first has
-            state = transformer(chunk, torch.zeros(2), torch.randn(2, 16, 32), ForwardMode.COMMIT, state).state
+            state = transformer(chunk, torch.zeros(2), torch.randn(2, 16, text_dim), ForwardMode.COMMIT, state).state
         for tokens in text_tokens:
-            embeds = torch.randn(2, tokens, transformer.config.text_dim)
+            embeds = torch.randn(2, tokens, text_dim)
             context = transformer.encode_text(embeds)
             timestep = torch.full((2,), 500.0)
             ways = {

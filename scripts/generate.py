@@ -33,7 +33,7 @@ def main(argv=None):
     parser.add_argument("--output", default="video.mp4")
     parser.add_argument(
         "--compile", action="store_true",
-        help="torch.compile the transformer (fullgraph): 4 graphs, compiled during the first two chunks, then reused",
+        help="torch.compile the transformer (fullgraph): 5 graphs, compiled during the first two chunks, then reused",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
     args = parser.parse_args(argv)
