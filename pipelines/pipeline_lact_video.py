@@ -67,6 +67,12 @@ class LaCTVideoPipelineOutput(WanPipelineOutput):
     video_paths: list[str] | None = None
 
 
+def _as_normal_tensor(x: torch.Tensor) -> torch.Tensor:
+    """A copy of an inference-mode tensor that can be modified in place outside inference mode."""
+    with torch.inference_mode(False):
+        return x.clone()
+
+
 class LaCTVideoPipeline(DiffusionPipeline):
     r"""
     Autoregressive text-to-video generation with a LaCT-patched Wan2.1 transformer, chunk by chunk.
@@ -325,7 +331,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
     def interrupt(self):
         return self._interrupt
 
-    @torch.no_grad()
+    # inference_mode rather than no_grad: a chunk's forward is a few hundred small kernels, and skipping
+    # autograd's view and version bookkeeping on each makes it ~4% faster. Yielded tensors are copied out
+    # of inference mode (`_as_normal_tensor`), so callers may still modify them in place.
+    @torch.inference_mode()
     def stream(
         self,
         prompt: str | list[str] = None,
@@ -517,7 +526,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
                     if output_type == "latent":
-                        yield latents
+                        yield _as_normal_tensor(latents)
                         continue
                     video = decoder.decode(self._denormalize(latents))  # (B, 3, f, H, W) in [-1, 1]
                     frames = self.video_processor.postprocess_video(video, output_type=output_type)
@@ -525,7 +534,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
                         np_frames = frames if output_type == "np" else self.video_processor.postprocess_video(video)
                         for writer, video_frames in zip(writers, np_frames):
                             writer.write(video_frames)
-                    yield frames
+                    yield _as_normal_tensor(frames) if output_type == "pt" else frames
         finally:
             # 7. Close the files (also when the caller stops early) and offload all models
             for writer in writers:
