@@ -4,22 +4,40 @@
         --num_frames 241 --height 480 --width 832 --output video.mp4
 
 `DIR` is a LaCT pipeline folder (exported by finetune/finetune.py, or `save_pretrained`), or a plain
-Wan2.1 diffusers folder with `--from_wan` (patched, untrained: window attention only).
+Wan2.1 diffusers folder with `--from_wan` (patched, untrained: window attention only; `--lact KEY=VALUE`
+sets the LaCT config, e.g. `--lact fw_head_dim=128 --lact chunk_frames=2`).
 """
 
 import argparse
 import time
 
 import torch
+import yaml
 
 import lact_video
+from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
 from pipelines import LaCTVideoPipeline
+
+
+def lact_config(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """`--lact KEY=VALUE` items -> LaCT config keys for `from_wan`; values are YAML (768, null, [0, 1], true)."""
+    config = {"chunk_frames": 3}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in LACT_CONFIG_KEYS:
+            parser.error(f"--lact {item!r}: expected KEY=VALUE with KEY one of {', '.join(LACT_CONFIG_KEYS)}")
+        config[key] = yaml.safe_load(value)
+    return config
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
-    parser.add_argument("--from_wan", action="store_true", help="DIR is a plain Wan2.1 folder: patch it (chunk_frames 3)")
+    parser.add_argument("--from_wan", action="store_true", help="DIR is a plain Wan2.1 folder: patch it")
+    parser.add_argument(
+        "--lact", action="append", default=[], metavar="KEY=VALUE",
+        help="with --from_wan, a LaCT config key (repeatable; default chunk_frames=3, the model's defaults otherwise)",
+    )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative_prompt", default=None)
     parser.add_argument("--num_frames", type=int, default=81)
@@ -37,11 +55,13 @@ def main(argv=None):
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
     args = parser.parse_args(argv)
+    if args.lact and not args.from_wan:
+        parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if args.from_wan:
-        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, chunk_frames=3)
+        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **lact_config(args.lact, parser))
     else:
         pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     pipe.to(device)

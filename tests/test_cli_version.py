@@ -1,22 +1,9 @@
 """Every command-line tool reports the package version."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
+from utils import load_script as load
 
 import lact_video
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load(path: str):
-    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem + "_cli", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(

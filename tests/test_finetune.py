@@ -7,7 +7,6 @@ teardown after all its work is done (docs/platform-notes.md), so launches are ju
 they wrote as well as by their exit code.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 
 from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training.checkpointing import list_checkpoints
+from utils import load_script
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -32,11 +32,7 @@ ZERO3_CPU = str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml")
 @pytest.fixture(scope="module")
 def trainer():
     """finetune/finetune.py as a module."""
-    spec = importlib.util.spec_from_file_location("lact_finetune", REPO / "finetune" / "finetune.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("finetune/finetune.py")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +44,7 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(tiny_wan_dir, videos, tmp_path_factory):
     """The latent cache of `videos`, written by finetune/precompute.py."""
-    spec = importlib.util.spec_from_file_location("lact_precompute", REPO / "finetune" / "precompute.py")
-    precompute = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = precompute
-    spec.loader.exec_module(precompute)
+    precompute = load_script("finetune/precompute.py")
     out = tmp_path_factory.mktemp("cache")
     precompute.main(
         ["--pretrained_model_name_or_path", str(tiny_wan_dir), "--train_data_dir", str(videos),

@@ -15,6 +15,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
+from utils import load_script
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers.fast_weight_memory import FastWeightMemory
@@ -436,3 +437,15 @@ def test_progress_bar_counts_steps_and_names_the_chunk(pipe):
     finally:
         pipe.set_progress_bar_config(disable=True)
     assert "4/4" in bar.getvalue() and "chunk 2/2" in bar.getvalue()
+
+
+def test_generate_script_patches_a_plain_wan_folder_with_lact_options(tiny_wan_dir, tmp_path):
+    generate = load_script("scripts/generate.py")
+    path = tmp_path / "video.mp4"
+    args = ["--model", str(tiny_wan_dir), "--prompt", PROMPT, "--num_frames", str(frames_for(2)), "--height", str(SIZE),
+            "--width", str(SIZE), "--steps", "1", "--max_sequence_length", "8", "--output", str(path)]  # fmt: skip
+    generate.main([*args, "--from_wan", "--lact", "fw_head_dim=12", "--lact", "lact_blocks=[0]"])
+    assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == frames_for(2)
+    for bad in (["--from_wan", "--lact", "fw_head_dims=12"], ["--from_wan", "--lact", "fw_head_dim"], ["--lact", "fw_head_dim=12"]):
+        with pytest.raises(SystemExit):
+            generate.main([*args, *bad])

@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+from utils import load_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -26,11 +27,7 @@ def test_readme_commands_exist():
 
 
 def test_config_reference_matches_the_dataclasses():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("config_reference", README.parent / "scripts" / "config_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scripts/config_reference.py")
     text = README.read_text()
     start, end = text.index(module.BEGIN), text.index(module.END) + len(module.END)
     assert text[start:end] == module.reference(), "run: python scripts/config_reference.py --write"

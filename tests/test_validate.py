@@ -1,7 +1,6 @@
 """Per-chunk validation reports: deterministic, equal to the training loss per chunk, files that parse."""
 
 import csv
-import importlib.util
 import json
 import pathlib
 
@@ -13,6 +12,7 @@ from lact_video import LaCTWanTransformer3DModel
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
 from lact_video.layers import FastWeightMemory
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
+from utils import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_RECIPE = ["--config", str(ROOT / "configs" / "tiny.yaml")]
@@ -22,10 +22,7 @@ GEOMETRY = ["data.height=32", "data.width=32", "data.num_frames=13", "data.chunk
 
 
 def load_validate():
-    spec = importlib.util.spec_from_file_location("validate", ROOT / "finetune" / "validate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("finetune/validate.py")
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +114,9 @@ def test_bad_arguments_fail_clearly(videos, trained, tmp_path):
 
 def test_training_checkpoint_equals_its_export(tiny_wan_dir, videos, tmp_path):
     """A `save_state` checkpoint-<step> folder evaluates like the diffusers folder exported from it."""
-    import sys
-
     from accelerate.state import AcceleratorState, GradientState
 
-    spec = importlib.util.spec_from_file_location("lact_finetune", ROOT / "finetune" / "finetune.py")
-    trainer = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = trainer  # dataclasses look their module up
-    spec.loader.exec_module(trainer)
+    trainer = load_script("finetune/finetune.py")
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     run = tmp_path / "run"
