@@ -29,6 +29,8 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
   latent frames for both pipelines (see `bench_step_time_by_length`), plotted to `--plot`.
 - `text_context`: a chunk's denoising forward with the prompt projected in the call over the same
   forward reusing the projection of an earlier call (`text_context`), at 16 and 512 prompt tokens.
+- `call_cost`: the fixed cost of one transformer call (a forward on one token per latent frame) of
+  each pipeline, and what it adds up to over the calls of the speed-up's video (see `bench_call_cost`).
 
     python benchmarks/bench_pipeline.py --json outputs/bench_pipeline.json [--threads 1]
 """
@@ -54,7 +56,9 @@ from pipelines import LaCTVideoPipeline, WanStreamingDecoder  # noqa: E402
 
 PROMPT = "a cat walks across a sunny kitchen floor"
 NEGATIVE = "low quality, blurry, static"
-SECTIONS = ("chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled", "text_context")
+SECTIONS = (
+    "chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled", "text_context", "call_cost"
+)
 TINY_LACT = dict(chunk_frames=3, fw_head_dim=12)
 SMALL_LACT = dict(chunk_frames=3, fw_head_dim=128)
 
@@ -283,16 +287,62 @@ def bench_text_context(base: str, size: int, text_tokens=(16, 512), calls: int =
                 "projected_per_call": lambda: transformer(chunk, timestep, embeds, ForwardMode.DENOISE, state),
                 "projected_once": lambda: transformer(chunk, timestep, None, ForwardMode.DENOISE, state, text_context=context),
             }
-            best = dict.fromkeys(ways, float("inf"))
-            for _ in range(repeats):
-                for name, call in ways.items():
-                    start = time.perf_counter()
-                    for _ in range(calls):
-                        call()
-                    best[name] = min(best[name], (time.perf_counter() - start) / calls)
+            best = best_seconds_per_call(ways, calls, repeats)
             figures[f"denoise_ms_prompt_projected_per_call_{tokens}_tokens"] = best["projected_per_call"] * 1e3
             figures[f"denoise_ms_prompt_projected_once_{tokens}_tokens"] = best["projected_once"] * 1e3
             figures[f"text_context_speedup_{tokens}_tokens"] = best["projected_per_call"] / best["projected_once"]
+    return figures
+
+
+def best_seconds_per_call(ways: dict, calls: int, repeats: int) -> dict:
+    """Seconds per call of each `ways[name]()`: blocks of `calls` calls, the ways alternating, best of `repeats`."""
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(repeats):
+        for name, call in ways.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                call()
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return best
+
+
+def bench_call_cost(base: str, size: int, steps: int, latent_frames: int = 48, repeats: int = 5) -> dict:
+    """The fixed cost of a transformer call, which chunk-by-chunk sampling pays once per chunk and step.
+
+    Each transformer is called as its pipeline calls it (LaCT: a chunk's batched-guidance denoising
+    forward under `inference_mode`; Wan: one guidance branch of the whole clip under `no_grad`), at
+    the benchmark's size and on a 16x16 video, one token per latent frame, where the tokens cost next
+    to nothing. A video of `latent_frames` makes `chunks x steps` LaCT denoising calls plus `chunks - 1`
+    commits, and `2 x steps` Wan calls; times the fixed cost, that is time no token is computed in.
+    """
+    from diffusers import WanTransformer3DModel
+
+    from lact_video.state import ForwardMode
+
+    lact = load_lact(base, SMALL_LACT).transformer
+    wan = WanTransformer3DModel.from_pretrained(base, subfolder="transformer").eval()
+    k = SMALL_LACT["chunk_frames"]
+    text = torch.randn(2, 16, lact.config.text_dim)
+    figures = {}
+    for label, pixels in (("", size), ("_fixed", 16)):
+        chunk = torch.randn(2, lact.config.in_channels, k, pixels // 8, pixels // 8)
+        clip = torch.randn(1, wan.config.in_channels, latent_frames, pixels // 8, pixels // 8)
+        with torch.inference_mode():
+            state = lact.init_state()
+            for _ in range(2):  # a window and updated fast weights, as every chunk after the first has
+                state = lact(chunk, torch.zeros(2), text, ForwardMode.COMMIT, state).state
+            context = lact.encode_text(text)
+            lact_call = lambda: lact(chunk, torch.full((2,), 500.0), None, ForwardMode.DENOISE, state, text_context=context)
+            lact_s = best_seconds_per_call({"lact": lact_call}, 16, repeats)["lact"]
+        with torch.no_grad():
+            wan_call = lambda: wan(clip, torch.full((1,), 500.0), text[:1])
+            wan_s = best_seconds_per_call({"wan": wan_call}, 2 if label == "" else 16, repeats)["wan"]
+        figures[f"call_ms{label}_lact"], figures[f"call_ms{label}_wan"] = lact_s * 1e3, wan_s * 1e3
+    chunks = latent_frames // k
+    calls = {"lact": chunks * steps + chunks - 1, "wan": 2 * steps}
+    for name, count in calls.items():
+        figures[f"calls_per_video_{name}"] = count
+        figures[f"fixed_call_cost_s_per_video_{name}"] = count * figures[f"call_ms_fixed_{name}"] / 1e3
     return figures
 
 
@@ -381,6 +431,8 @@ def main(argv=None) -> None:
             results.update(bench_step_time_by_length(small, args.size, compile=True))
         if "text_context" in sections:
             results.update(bench_text_context(small, args.size))
+        if "call_cost" in sections:
+            results.update(bench_call_cost(small, args.size, args.speedup_steps))
     if args.plot and ("step_s_wan" in results or "step_s_wan_compiled" in results):
         plot_step_time(results, args.plot)
 
