@@ -18,7 +18,8 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
   after chunks 1..16.
 - `speedup_vs_wanpipeline`: diffusers' `WanPipeline` (full attention over the whole clip) on the
   same base weights, same frames, steps (50 by default, Wan's default) and resolution (128x128,
-  48 latent frames), wall time over `LaCTVideoPipeline`'s, guidance on. On the "small" model
+  48 latent frames; `--speedup-latent-frames` for other lengths), wall time over
+  `LaCTVideoPipeline`'s, guidance on. On the "small" model
   (4 layers, dim 256): in the "tiny" one (dim 24) attention costs next to nothing. Both pipelines
   spend the same time in the VAE decode, so the speedup without it is reported too. Prompts are
   padded to 16 tokens (`--text-tokens`; WanPipeline's default is 512, which costs both pipelines
@@ -392,6 +393,9 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--speedup-repeats", type=int, default=2, help="timed runs of each pipeline (best is kept)")
     parser.add_argument(
+        "--speedup-latent-frames", type=int, default=48, help="video length of the speed-up, in latent frames (default 48)"
+    )
+    parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
     )
     parser.add_argument(
@@ -410,6 +414,8 @@ def main(argv=None) -> None:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    if args.speedup_latent_frames % SMALL_LACT["chunk_frames"]:
+        parser.error(f"--speedup-latent-frames must be a multiple of chunk_frames={SMALL_LACT['chunk_frames']}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tiny = str(build_tiny_wan(pathlib.Path(tmp) / "tiny", seed=0, size="tiny"))
@@ -420,7 +426,12 @@ def main(argv=None) -> None:
             results.update(bench_chunk_time(tiny, args.size, args.steps, output_type="latent"))
         if "rss" in sections:
             results.update(bench_peak_rss(tiny, args.size, args.steps, args.threads))
-        speedup_args = dict(steps=args.speedup_steps, repeats=args.speedup_repeats, text_tokens=args.text_tokens)
+        speedup_args = dict(
+            steps=args.speedup_steps,
+            repeats=args.speedup_repeats,
+            text_tokens=args.text_tokens,
+            latent_frames=args.speedup_latent_frames,
+        )
         if "speedup" in sections:
             results.update(bench_speedup(small, args.size, **speedup_args))
         if "speedup_compiled" in sections:
@@ -432,7 +443,7 @@ def main(argv=None) -> None:
         if "text_context" in sections:
             results.update(bench_text_context(small, args.size))
         if "call_cost" in sections:
-            results.update(bench_call_cost(small, args.size, args.speedup_steps))
+            results.update(bench_call_cost(small, args.size, args.speedup_steps, args.speedup_latent_frames))
     if args.plot and ("step_s_wan" in results or "step_s_wan_compiled" in results):
         plot_step_time(results, args.plot)
 
