@@ -50,8 +50,10 @@ def main(argv=None):
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--output", default="video.mp4")
     parser.add_argument(
-        "--compile", action="store_true",
-        help="torch.compile the transformer (fullgraph): 5 graphs, compiled during the first two chunks, then reused",
+        "--compile", nargs="?", const="full", choices=["full", "regional"],
+        help="torch.compile the transformer (fullgraph), compiling during the first two chunks: 'full' (the default) "
+        "builds 5 graphs of the whole model; 'regional' builds 4 of one block, shared by all blocks, so the "
+        "warm-up does not grow with the number of blocks",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
     args = parser.parse_args(argv)
@@ -65,8 +67,10 @@ def main(argv=None):
     else:
         pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     pipe.to(device)
-    if args.compile:
+    if args.compile == "full":
         pipe.transformer.compile(fullgraph=True)
+    elif args.compile == "regional":
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
     start = time.perf_counter()
     out = pipe(
         args.prompt,

@@ -404,9 +404,20 @@ def test_stream_to_files_for_a_batch_and_stop_early(pipe, tmp_path):
         assert imageio_ffmpeg.count_frames_and_secs(str(tmp_path / f"v_{i}.mp4"))[0] == frames_for(2)
 
 
-def test_compiled_transformer_generates_the_same_video_without_recompiling_per_chunk(tiny_wan_dir):
-    """`pipe.transformer.compile(fullgraph=True)`: one graph per (mode, first chunk or not), reused by
-    every later chunk, and the same video as eager up to float rounding."""
+@pytest.mark.parametrize(
+    "how, expected_graphs",
+    [
+        # denoise and commit, each for chunk 0 (no window, initial fast weights) and for later chunks, and
+        # the video's first call, which also projects the prompt
+        ("compile", 5),
+        # diffusers' regional compilation: one block graph per (mode, first chunk or not), shared by all blocks
+        ("compile_repeated_blocks", 4),
+    ],
+)
+def test_compiled_transformer_generates_the_same_video_without_recompiling_per_chunk(tiny_wan_dir, how, expected_graphs):
+    """`pipe.transformer.compile(fullgraph=True)` or `compile_repeated_blocks(fullgraph=True)`: graphs
+    compiled in the first two chunks and reused by every later chunk, and the same video as eager up to
+    float rounding."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -416,12 +427,10 @@ def test_compiled_transformer_generates_the_same_video_without_recompiling_per_c
     pipe.set_progress_bar_config(disable=True)
     eager = pipe(**call_kwargs(num_frames=frames_for(3)), output_type="latent").frames
 
-    pipe.transformer.compile(fullgraph=True)
+    getattr(pipe.transformer, how)(fullgraph=True)
     compiled = pipe(**call_kwargs(num_frames=frames_for(3)), output_type="latent").frames
     graphs = counters["stats"]["unique_graphs"]
-    # denoise and commit, each for chunk 0 (no window, initial fast weights) and for later chunks, and
-    # the video's first call, which also projects the prompt
-    assert graphs == 5
+    assert graphs == expected_graphs
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
 
     longer = pipe(**call_kwargs(num_frames=frames_for(5)), output_type="latent").frames
