@@ -365,6 +365,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
         concatenating them along the frame axis gives `__call__`'s frames. With `output_path`, the frames are
         also appended to mp4 file(s) as they come. Nothing accumulates: memory stays flat however long the
         video is. Stopping the iteration early closes the files with the chunks so far.
+
+        Generation runs under `torch.inference_mode`. The tensors yielded here are ordinary tensors, but those a
+        `callback_on_step_end` receives are inference tensors: to keep one and edit it in place after the call,
+        clone it under `torch.inference_mode(False)`.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs

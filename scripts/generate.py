@@ -26,7 +26,10 @@ def lact_config(items: list[str], parser: argparse.ArgumentParser) -> dict:
         key, sep, value = item.partition("=")
         if not sep or key not in LACT_CONFIG_KEYS:
             parser.error(f"--lact {item!r}: expected KEY=VALUE with KEY one of {', '.join(LACT_CONFIG_KEYS)}")
-        config[key] = yaml.safe_load(value)
+        try:
+            config[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            parser.error(f"--lact {item!r}: the value is not valid YAML ({error.problem}), e.g. lact_blocks=[0, 1]")
     return config
 
 

@@ -448,13 +448,20 @@ def test_progress_bar_counts_steps_and_names_the_chunk(pipe):
     assert "4/4" in bar.getvalue() and "chunk 2/2" in bar.getvalue()
 
 
-def test_generate_script_patches_a_plain_wan_folder_with_lact_options(tiny_wan_dir, tmp_path):
+def test_generate_script_patches_a_plain_wan_folder_with_lact_options(tiny_wan_dir, tmp_path, capsys):
     generate = load_script("scripts/generate.py")
     path = tmp_path / "video.mp4"
     args = ["--model", str(tiny_wan_dir), "--prompt", PROMPT, "--num_frames", str(frames_for(2)), "--height", str(SIZE),
             "--width", str(SIZE), "--steps", "1", "--max_sequence_length", "8", "--output", str(path)]  # fmt: skip
     generate.main([*args, "--from_wan", "--lact", "fw_head_dim=12", "--lact", "lact_blocks=[0]"])
     assert imageio_ffmpeg.count_frames_and_secs(str(path))[0] == frames_for(2)
-    for bad in (["--from_wan", "--lact", "fw_head_dims=12"], ["--from_wan", "--lact", "fw_head_dim"], ["--lact", "fw_head_dim=12"]):
+    bad_options = (
+        ["--from_wan", "--lact", "fw_head_dims=12"],
+        ["--from_wan", "--lact", "fw_head_dim"],
+        ["--from_wan", "--lact", "lact_blocks=[0"],
+        ["--lact", "fw_head_dim=12"],
+    )
+    for bad in bad_options:
         with pytest.raises(SystemExit):
             generate.main([*args, *bad])
+        assert "--lact" in capsys.readouterr().err  # the message names the option at fault
