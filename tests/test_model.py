@@ -254,6 +254,26 @@ def test_text_context_equals_prompt_embeddings(wan):
         )
 
 
+def test_per_block_device_map_with_offloaded_blocks(wan, tmp_path):
+    """An accelerate `device_map` that offloads one block to disk: its weights stay on the meta device until
+    its hooks load them, including for the prompt projection, which runs outside the block's forward."""
+    from accelerate import dispatch_model
+
+    reference = lact_model(wan)
+    model = lact_model(wan)  # the same seed: the same weights
+    device_map = {name: "cpu" for name, _ in model.named_children() if name != "blocks"}
+    device_map.update({f"blocks.{i}": "disk" if i == 1 else "cpu" for i in range(len(model.blocks))})
+    model = dispatch_model(model, device_map={**device_map, "scale_shift_table": "cpu"}, offload_dir=str(tmp_path))
+    assert model.blocks[1].attn2.to_k.weight.device.type == "meta"
+    clean, noisy, t, text = clip()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher_forcing(model, clean, noisy, t, text), teacher_forcing(reference, clean, noisy, t, text), rtol=0, atol=0
+        )
+        torch.testing.assert_close(
+            chunk_by_chunk(model, clean, noisy, t, text), chunk_by_chunk(reference, clean, noisy, t, text), rtol=0, atol=0
+        )
+
 @pytest.mark.parametrize("name", WAN21_T2V_CONFIGS)
 def test_real_configs_on_meta_device(name):
     """The released sizes patch and run a teacher-forcing forward (81 frames at 480x832) on `meta`."""

@@ -31,6 +31,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformerBlock,
 )
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import get_module_execution_device
 
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
@@ -276,7 +277,11 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             encoder_hidden_states: (B, L, text_dim) prompt embeddings.
         """
         text = self.condition_embedder.text_embedder(encoder_hidden_states)  # (B, L, D)
-        keys_values = tuple(text_keys_values(block.attn2, text) for block in self.blocks)
+        # Each block projects where it runs: an accelerate `device_map` may put blocks on different devices
+        # (the execution device of an offloaded projection is its hook's, not its meta weights').
+        keys_values = tuple(
+            text_keys_values(block.attn2, text.to(get_module_execution_device(block.attn2.to_k))) for block in self.blocks
+        )
         return TextContext(keys_values, encoder_hidden_states.dtype)
 
     def _embed_time(self, timestep: torch.Tensor, num_segments: int, dtype: torch.dtype):
