@@ -314,7 +314,6 @@ def test_output_types(pipe):
     np.testing.assert_array_equal(tuple_frames, np_frames)
 
 
-
 @pytest.mark.parametrize("output_type", ["pt", "latent"])
 def test_tensors_handed_out_are_ordinary_tensors(pipe, output_type):
     """Generation runs under `torch.inference_mode`; what users get back must still allow in-place edits and
@@ -324,6 +323,7 @@ def test_tensors_handed_out_are_ordinary_tensors(pipe, output_type):
     for frames in (streamed, called):
         assert not frames.is_inference()
         frames.mul_(2)  # raises for an inference tensor
+
 
 def test_callback_once_per_step_per_chunk_matches_num_timesteps(pipe):
     calls = []

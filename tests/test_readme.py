@@ -2,6 +2,7 @@
 
 import re
 from pathlib import Path
+
 from utils import load_script
 
 README = Path(__file__).resolve().parents[1] / "README.md"
