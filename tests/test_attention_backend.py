@@ -41,7 +41,8 @@ def every_mode(model: LaCTWanTransformer3DModel) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     clean, noisy = torch.randn(2, 1, C, N * K, H, W, generator=g)  # (B, C, F, H, W) each
     text, t = torch.randn(1, 7, 32, generator=g), 1000 * torch.rand(1, 1, N, generator=g)
-    outs = [model(interleave_teacher_forcing(noisy[:, None], clean, K), interleave_timesteps(t), text).sample.flatten()]
+    sequence = interleave_teacher_forcing(noisy[:, None], clean, K)
+    outs = [model(sequence, interleave_timesteps(t), text).sample.flatten()]
     state = model.init_state()
     for i in range(2):
         chunk = slice(i * K, (i + 1) * K)

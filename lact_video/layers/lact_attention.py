@@ -114,6 +114,10 @@ class LaCTAttention(nn.Module):
         window_size: trailing tokens of the previous clean chunk a noisy chunk sees (None: all of it).
         full_causal: the full-attention baseline instead of the window: every segment sees all earlier
             clean chunks, and the inference state keeps every committed chunk's keys and values.
+
+    Attributes:
+        processor: the softmax attention, `FullCausalAttnProcessor` or `WindowAttnProcessor`, chosen here
+            once; it holds the diffusers attention backend of this layer (`_attention_backend`).
     """
 
     def __init__(
@@ -172,7 +176,7 @@ class LaCTAttention(nn.Module):
             out = torch.cat([noisy_out.flatten(1, 2), clean_out], dim=1)  # (B, S, T, H, D)
         elif mode is ForwardMode.DENOISE:
             out = self.processor.denoise(qh, kh, vh, state)
-        else:
+        else:  # COMMIT
             out, new_state = self.processor.commit(qh, kh, vh, state)
         out = out.flatten(-2)  # (B, S, T, C)
 
