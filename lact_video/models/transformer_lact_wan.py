@@ -22,6 +22,11 @@ import torch
 import torch.nn as nn
 from accelerate import init_empty_weights
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_dispatch import (
+    AttentionBackendName,
+    _check_attention_backend_requirements,
+    _maybe_download_kernel_for_backend,
+)
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from diffusers.models.transformers.transformer_wan import (
@@ -264,6 +269,37 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             memory.reset_parameters()
             memory.to(reference.dtype)
         return model.eval()  # as diffusers' `from_pretrained` hands models back; training calls `.train()`
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Run every attention of this model (window or full-causal self-attention, and the text
+        cross-attention) on `backend`, a diffusers `AttentionBackendName` value ("native", "flash", ...).
+
+        Unlike diffusers' `ModelMixin.set_attention_backend`, this leaves diffusers' process-wide active
+        backend alone: every model whose attentions have no backend of their own follows that one (a
+        `WanPipeline` beside this model, say), so setting it would switch them too.
+
+        Raises:
+            ValueError: `backend` is not a diffusers attention backend.
+            RuntimeError: the backend's package is missing (diffusers' own check).
+        """
+        names = [name.value for name in AttentionBackendName]
+        if backend.lower() not in names:
+            raise ValueError(f"backend={backend!r} is not a diffusers attention backend; choose one of {names}.")
+        backend = AttentionBackendName(backend.lower())
+        _check_attention_backend_requirements(backend)
+        _maybe_download_kernel_for_backend(backend)
+        for processor in self._attention_processors():
+            processor._attention_backend = backend
+
+    def reset_attention_backend(self) -> None:
+        """Every attention of this model follows diffusers' active backend again (`DIFFUSERS_ATTN_BACKEND`,
+        the `attention_backend` context manager, or native SDPA)."""
+        for processor in self._attention_processors():
+            processor._attention_backend = None
+
+    def _attention_processors(self) -> list:
+        """Where each attention keeps its backend: `attn1.processor` (LaCT) and `attn2.processor` (Wan's)."""
+        return [attn.processor for block in self.blocks for attn in (block.attn1, block.attn2)]
 
     def init_state(self) -> LaCTState:
         """An empty inference state: nothing committed, chunk 0 comes next."""

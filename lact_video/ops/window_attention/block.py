@@ -13,11 +13,14 @@ calls `attend` with the cached tail of the previous clean chunk, which is the sa
 forcing): every segment also sees all earlier clean chunks. Its cost is quadratic in the number of
 chunks by nature; it exists to compare LaCT against.
 
+Every op takes the diffusers attention `backend` to call (`AttentionBackendName`; None: diffusers'
+process-wide active backend), so that a model can pass its own.
+
 Shapes: `T` tokens per chunk, `H` heads, `D` head dim, `W` window tokens, `R` noisy copies.
 """
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
 
 def attend(
@@ -27,6 +30,8 @@ def attend(
     context_key: torch.Tensor | None = None,
     context_value: torch.Tensor | None = None,
     context_mask: torch.Tensor | None = None,
+    *,
+    backend: AttentionBackendName | None = None,
 ) -> torch.Tensor:
     """Softmax attention of each piece over itself and an optional context prefix.
 
@@ -34,6 +39,7 @@ def attend(
         query, key, value: (..., T, H, D); the leading dims are independent pieces.
         context_key, context_value: (..., W, H, D) extra keys and values each piece also sees.
         context_mask: boolean, broadcastable to (..., W): which context keys are visible.
+        backend: the diffusers attention backend; None follows diffusers' active backend.
 
     Returns:
         (..., T, H, D).
@@ -48,9 +54,11 @@ def attend(
             mask = torch.cat([context_mask, own], dim=-1).expand(*lead_shape, -1)  # (..., W + T)
             mask = mask.flatten(0, -2)[:, None, None, :]  # (pieces, 1, 1, W + T)
     lead = query.shape[:-3]
-    # diffusers' dispatcher picks the backend (native SDPA by default, flash/sage when the user
+    # diffusers' dispatcher runs the backend (native SDPA by default, flash/sage when the user
     # selects one), so the flash-attention path stays optional.
-    out = dispatch_attention_fn(query.flatten(0, -4), key.flatten(0, -4), value.flatten(0, -4), attn_mask=mask)
+    out = dispatch_attention_fn(
+        query.flatten(0, -4), key.flatten(0, -4), value.flatten(0, -4), attn_mask=mask, backend=backend
+    )
     return out.view(*lead, *out.shape[1:])
 
 
@@ -58,6 +66,8 @@ def window_attention_teacher_forcing(
     noisy: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     clean: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     window: int,
+    *,
+    backend: AttentionBackendName | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Window attention over a whole teacher-forcing sequence.
 
@@ -65,28 +75,31 @@ def window_attention_teacher_forcing(
         noisy: (q, k, v), each (B, N, R, T, H, D): every noisy copy of every chunk.
         clean: (q, k, v), each (B, N-1, T, H, D): clean chunks `c_0 .. c_{N-2}`.
         window: how many trailing tokens of `c_{i-1}` a noisy copy of chunk `i` sees (1 .. T).
+        backend: as in `attend`.
 
     Returns:
         `(noisy_out (B, N, R, T, H, D), clean_out (B, N-1, T, H, D))`.
     """
     (nq, nk, nv), (cq, ck, cv) = noisy, clean
     num_repeat = nq.shape[2]
-    clean_out = attend(cq, ck, cv)
+    clean_out = attend(cq, ck, cv, backend=backend)
     if nq.shape[1] == 1:
-        return attend(nq, nk, nv), clean_out
+        return attend(nq, nk, nv, backend=backend), clean_out
     # split, not slicing: a slice's backward zero-fills a buffer of the whole sequence.
     (q0, q1), (k0, k1), (v0, v1) = (x.split([1, x.shape[1] - 1], dim=1) for x in (nq, nk, nv))
-    first = attend(q0, k0, v0)  # (B, 1, R, T, H, D)
+    first = attend(q0, k0, v0, backend=backend)  # (B, 1, R, T, H, D)
     # Tail of c_{i-1}, shared by the R copies of chunk i: (B, N-1, R, W, H, D), a view, no copy.
     context_k = ck[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
     context_v = cv[:, :, -window:].unsqueeze(2).expand(-1, -1, num_repeat, -1, -1, -1)
-    rest = attend(q1, k1, v1, context_k, context_v)
+    rest = attend(q1, k1, v1, context_k, context_v, backend=backend)
     return torch.cat([first, rest], dim=1), clean_out
 
 
 def full_causal_attention_teacher_forcing(
     noisy: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     clean: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    backend: AttentionBackendName | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full block-causal attention: a segment of chunk `i` sees `c_0 .. c_{i-1}` and itself.
 
@@ -104,11 +117,13 @@ def full_causal_attention_teacher_forcing(
         context_k[:, None, None].expand(b, n, r, -1, -1, -1),
         context_v[:, None, None].expand(b, n, r, -1, -1, -1),
         visible[None, :, None],  # (1, N, 1, (N-1)*T)
+        backend=backend,
     )
     clean_out = attend(
         cq, ck, cv,
         context_k[:, None].expand(b, n - 1, -1, -1, -1),
         context_v[:, None].expand(b, n - 1, -1, -1, -1),
         visible[None, : n - 1],  # (1, N-1, (N-1)*T)
+        backend=backend,
     )
     return noisy_out, clean_out
