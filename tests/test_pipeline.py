@@ -50,11 +50,16 @@ def call_kwargs(**overrides):
     return kwargs
 
 
+def activate_memory(transformer: LaCTWanTransformer3DModel) -> None:
+    """The memory as these tests open it: random gates and rates (seed 1), rates about softplus(0) ~ 0.69."""
+    noise = {"gate_proj.weight": 0.5, "lr_proj.weight": 0.1}
+    open_memory(transformer, generator=torch.Generator().manual_seed(1), noise=noise, lr_logit=0.0)
+
+
 @pytest.fixture(scope="module")
 def pipe(tiny_wan_dir):
     pipe = LaCTVideoPipeline.from_wan(tiny_wan_dir, **LACT_CONFIG)
-    noise = {"gate_proj.weight": 0.5, "lr_proj.weight": 0.1}
-    open_memory(pipe.transformer, generator=torch.Generator().manual_seed(1), noise=noise, lr_logit=0.0)
+    activate_memory(pipe.transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
