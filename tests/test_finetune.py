@@ -214,8 +214,6 @@ def test_config_overrides_and_recipes():
     # every LaCT key of the model is a config field once (chunk_frames is the data's)
     assert set(LaCTConfig.__dataclass_fields__) | {"chunk_frames"} == set(LACT_CONFIG_KEYS)
 
-    from lact_video.training.flow_matching import ShiftRule, token_following_shift, tokens_per_chunk
-
     config = load_config(
         ["--config", TINY, "--max_train_steps", "7", "optimizer.learning_rate=3e-4", "--model.lact.lact_blocks=[1]",
          "--train_data_dir", "/videos", "--trainable", "new_params", "model.pretrained_model_name_or_path=/m"]
@@ -228,18 +226,44 @@ def test_config_overrides_and_recipes():
     with pytest.raises(ValueError, match="did you mean .*learning_rate"):
         load_config(["--config", TINY, "--learning_rat", "1"])
 
-    paper = load_config(["--config", str(REPO / "configs" / "wan2.1-t2v-1.3b-lact.yaml"), "data.cache_dir=/c"])
-    opt = paper.optimizer
-    assert (opt.learning_rate, opt.adam_beta1, opt.adam_beta2, opt.adam_weight_decay) == (2e-5, 0.9, 0.95, 0.01)
-    assert (opt.lr_scheduler, opt.lr_warmup_steps, opt.max_grad_norm) == ("cosine", 1000, 1.0)
-    assert opt.new_params_lr_multiplier == 10.0
-    assert (paper.ema.ema_decay, paper.train.max_train_steps, paper.model.lact.fw_head_dim) == (0.995, 5000, 768)
-    assert (paper.model.lact.inter_multi, paper.model.lact.window_size, paper.data.chunk_frames) == (2, None, 3)
-    assert (paper.data.num_frames, paper.data.height, paper.data.width) == (81, 480, 832)
-    assert paper.flow_matching.shift_rule is ShiftRule.token_following
-    assert token_following_shift(tokens_per_chunk(3, 60, 104)) == pytest.approx(2.11, abs=0.005)
-    big = load_config(["--config", str(REPO / "configs" / "wan2.1-t2v-14b-lact.yaml"), "data.cache_dir=/c"])
-    assert 5120 % big.model.lact.fw_head_dim == 0
+
+@pytest.fixture(scope="module")
+def config_module():
+    """finetune/config.py as a module."""
+    return load_script("finetune/config.py")
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("wan2.1-*.yaml")), ids=lambda path: path.stem)
+def test_recipe_fits_the_released_wan_it_names(config_module, recipe):
+    """A recipe for a released Wan loads, passes the cheap checks (clip geometry, settings) and the checks against
+    that Wan's transformer config, and its LaCT model runs one teacher-forcing step at the recipe's clip size on the
+    meta device (which also checks the window against the tokens of a chunk)."""
+    from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
+    from lact_video.wan_configs import WAN21_T2V_CONFIGS
+
+    config = config_module.load_config(["--config", str(recipe), "data.cache_dir=/c"])
+    base = config.model.pretrained_model_name_or_path
+    (wan,) = (c for name, c in WAN21_T2V_CONFIGS.items() if base == f"Wan-AI/{name}-Diffusers")
+    config_module.check_against_transformer(config, wan)
+    data, num_repeat = config.data, config.model.lact.num_repeat
+    latents = (wan["in_channels"], data.latent_frames, data.height // 8, data.width // 8)  # (C, F, h, w): VAE 8x
+    with torch.device("meta"):
+        model = LaCTWanTransformer3DModel(**wan, **config_module.lact_config(config))
+        clean, noisy = torch.empty(1, *latents), torch.empty(1, num_repeat, *latents)
+        timesteps = interleave_timesteps(torch.zeros(1, num_repeat, data.latent_frames // data.chunk_frames))
+        text = torch.empty(1, data.max_sequence_length, wan["text_dim"])
+        out = model(interleave_teacher_forcing(noisy, clean, data.chunk_frames), timesteps, text)
+    assert out.sample.shape == noisy.shape
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "accelerate").glob("*.yaml")), ids=lambda path: path.stem)
+def test_accelerate_configs_parse_and_name_existing_deepspeed_files(path):
+    """accelerate reads each launch config, and a DeepSpeed one names a JSON file that exists and parses."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    deepspeed_file = (load_config_from_file(str(path)).deepspeed_config or {}).get("deepspeed_config_file")
+    if deepspeed_file is not None:  # relative to the repository root, where the README launches from
+        assert isinstance(json.loads((REPO / deepspeed_file).read_text()), dict)
 
 
 # Slow: 2 processes under DeepSpeed ZeRO-3, launched like a user would

@@ -11,6 +11,7 @@ from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from memory_gates import open_memory
 
 
 def naive_teacher_forcing(weights, noisy_query, clean_query, clean_key, clean_value, clean_lr, rule, clean_momentum=None):
@@ -53,11 +54,7 @@ def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
     torch.manual_seed(0)
     dim, heads, k, h, w, n, r = 24, 2, 2, 2, 2, 3, 2
     layer = LaCTAttention(dim, heads, 1e-6, None, FastWeightMemory(dim, dim // heads, 8, 2, rule)).double()
-    with torch.no_grad():
-        layer.memory.gate_proj.bias.fill_(1.0)
-        layer.memory.lr_proj.weight.normal_(std=0.3)
-        if layer.memory.momentum_proj is not None:
-            layer.memory.momentum_proj.weight.normal_(std=0.3)
+    open_memory(layer, noise={"lr_proj.weight": 0.3, "momentum_proj.weight": 0.3})
     layout = TeacherForcingLayout(n, r)
     rope = WanRotaryPosEmbed(dim // heads, (1, 2, 2), 64)
     rotary = chunk_rotary_emb(rope, layout.grouped_chunks, k, h, w, dtype=torch.float64)

@@ -1,9 +1,12 @@
 """The patched Wan model: parity between teacher forcing and chunk-by-chunk inference, function
 preservation at initialisation, causality, save/load, gradient checkpointing, errors, real sizes."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from memory_gates import open_memory
 from utils import assert_rel_close, rel_err
 
 from lact_video import LaCTState, LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
@@ -25,16 +28,8 @@ def lact_model(wan, seed=0, **config):
     config = {"chunk_frames": K, "fw_head_dim": 8, **config}
     torch.manual_seed(seed)  # the new fast weights are drawn from the global generator
     model = LaCTWanTransformer3DModel.from_wan(wan, **config).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for memory in model.modules():
-            if isinstance(memory, FastWeightMemory):
-                for p in (memory.lr_proj.weight, memory.gate_proj.weight, memory.qk_scale, memory.qk_offset):
-                    p.add_(0.3 * torch.randn(p.shape, generator=g))
-                memory.lr_proj.bias.fill_(-1.0)  # rates ~0.3: big enough that updates matter
-                memory.gate_proj.bias.fill_(1.0)
-                if memory.momentum_proj is not None:
-                    memory.momentum_proj.bias.fill_(1.0)
+    noise = dict.fromkeys(["lr_proj.weight", "gate_proj.weight", "qk_scale", "qk_offset"], 0.3)
+    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, lr_logit=-1.0, momentum_bias=1.0)
     return model
 
 
@@ -190,12 +185,12 @@ def test_gradient_checkpointing_gives_same_gradients(wan):
     "config,match",
     [
         ({"fw_head_dim": 7}, "fw_head_dim=7 must divide the model dim 24"),
-        ({"lact_blocks": [5]}, "lact_blocks"),
-        ({"chunk_frames": 0}, "chunk_frames"),
-        ({"window_size": 0}, "window_size"),
-        ({"muon_dtype": "float8"}, "muon_dtype"),
-        ({"fast_weights": 3}, "Unknown LaCT config keys"),
-        ({"attention_mode": "dense"}, "attention_mode must be one of"),
+        ({"lact_blocks": [5]}, r"lact_blocks=\[5\] must be block indices"),
+        ({"chunk_frames": 0}, "chunk_frames and num_repeat must be >= 1; got 0"),
+        ({"window_size": 0}, "window_size must be >= 1 token"),
+        ({"muon_dtype": "float8"}, "muon_dtype must be .*; got 'float8'"),
+        ({"fast_weights": 3}, r"Unknown LaCT config keys \['fast_weights'\]"),
+        ({"attention_mode": "dense"}, "attention_mode must be one of .*; got 'dense'"),
     ],
     ids=["fw_head_dim", "lact_blocks", "chunk_frames", "window", "muon_dtype", "unknown-key", "attention-mode"],
 )
@@ -204,32 +199,65 @@ def test_bad_configs_raise(wan, config, match):
         LaCTWanTransformer3DModel.from_wan(wan, **{"fw_head_dim": 8, **config})
 
 
-def test_bad_inputs_raise(wan):
+BAD_INPUTS = [
+    # (call on the model and the clip `x`, the part of the ValueError's message that names the problem)
+    pytest.param(
+        lambda model, x: model(x.seq[:, :, :-1], x.ts, x.text),
+        "do not split into chunks of chunk_frames=2",
+        id="frames-not-whole-chunks",
+    ),
+    pytest.param(
+        lambda model, x: model(x.seq, x.ts[:, :2], x.text),
+        "needs one timestep per segment",
+        id="timesteps-per-segment",
+    ),
+    pytest.param(
+        lambda model, x: model(x.clean[:, :, :K], x.t[:, 0, 0], x.text, mode="denoise"),
+        "denoise needs an inference state",
+        id="denoise-without-state",
+    ),
+    pytest.param(
+        lambda model, x: model(x.clean, x.t[:, 0, 0], x.text, mode="denoise", state=model.init_state()),
+        "denoise takes one chunk of chunk_frames=2 latent frames; got 4",
+        id="denoise-several-chunks",
+    ),
+    pytest.param(  # frames 256, 257 are past the rotary table
+        lambda model, x: model(
+            x.clean[:, :, :K], x.t[:, 0, 0], x.text, mode="denoise", state=LaCTState(model.init_state().layers, 128)
+        ),
+        "exceed the rotary table of rope_max_seq_len=256",
+        id="past-rope-table",
+    ),
+    pytest.param(
+        lambda model, x: lact_model(x.wan, window_size=9)(x.seq, x.ts, x.text),
+        "window_size=9 tokens is larger than one chunk",
+        id="window-beyond-chunk",
+    ),
+    pytest.param(
+        lambda model, x: model(x.seq, x.ts, x.text, mode="bogus"), "'bogus' is not a valid ForwardMode", id="mode"
+    ),
+    pytest.param(
+        lambda model, x: model(x.seq, x.ts, x.text, text_context=model.encode_text(x.text)),
+        "not both or neither",
+        id="prompt-twice",
+    ),
+    pytest.param(lambda model, x: model(x.seq, x.ts), "not both or neither", id="no-prompt"),
+    pytest.param(
+        lambda model, x: model(x.seq, x.ts, text_context=model.encode_text(x.text[:1])),
+        "The prompt has 1 rows but the latents have 2",
+        id="prompt-batch",
+    ),
+]
+
+
+@pytest.mark.parametrize("call,match", BAD_INPUTS)
+def test_bad_inputs_raise(wan, call, match):
     model = lact_model(wan)
     clean, noisy, t, text = clip(n=2)
-    seq = interleave_teacher_forcing(noisy, clean, K)
-    ts = interleave_timesteps(t)
-    with pytest.raises(ValueError, match="do not split into chunks of chunk_frames=2"):
-        model(seq[:, :, :-1], ts, text)
-    with pytest.raises(ValueError, match="one timestep per segment"):
-        model(seq, ts[:, :2], text)
-    with pytest.raises(ValueError, match="needs an inference state"):
-        model(clean[:, :, :K], t[:, 0, 0], text, mode="denoise")
-    with pytest.raises(ValueError, match="one chunk"):
-        model(clean, t[:, 0, 0], text, mode="denoise", state=model.init_state())
-    with pytest.raises(ValueError, match="rope_max_seq_len=256"):
-        far = LaCTState(model.init_state().layers, num_chunks=128)  # frames 256, 257 are past the table
-        model(clean[:, :, :K], t[:, 0, 0], text, mode="denoise", state=far)
-    with pytest.raises(ValueError, match="window_size=9 tokens is larger than one chunk"):
-        lact_model(wan, window_size=9)(seq, ts, text)
-    with pytest.raises(ValueError, match="'bogus' is not a valid ForwardMode"):
-        model(seq, ts, text, mode="bogus")
-    with pytest.raises(ValueError, match="not both or neither"):
-        model(seq, ts, text, text_context=model.encode_text(text))
-    with pytest.raises(ValueError, match="not both or neither"):
-        model(seq, ts)
-    with pytest.raises(ValueError, match="The prompt has 1 rows but the latents have 2"):
-        model(seq, ts, text_context=model.encode_text(text[:1]))
+    seq, ts = interleave_teacher_forcing(noisy, clean, K), interleave_timesteps(t)
+    x = SimpleNamespace(wan=wan, clean=clean, t=t, text=text, seq=seq, ts=ts)
+    with pytest.raises(ValueError, match=match):
+        call(model, x)
 
 
 def test_text_context_equals_prompt_embeddings(wan):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
+from memory_gates import open_memory
 from utils import load_script
 
 from lact_video import LaCTWanTransformer3DModel
@@ -49,16 +50,10 @@ def call_kwargs(**overrides):
     return kwargs
 
 
-@torch.no_grad()
-def activate_memory(transformer: LaCTWanTransformer3DModel, seed: int = 1) -> None:
-    """Open the memory gates and give the fast weights real learning rates (random, seeded)."""
-    generator = torch.Generator().manual_seed(seed)
-    for memory in transformer.modules():
-        if isinstance(memory, FastWeightMemory):
-            memory.gate_proj.weight.normal_(0.0, 0.5, generator=generator)
-            memory.gate_proj.bias.fill_(1.0)
-            memory.lr_proj.weight.normal_(0.0, 0.1, generator=generator)
-            memory.lr_proj.bias.fill_(0.0)  # softplus(0) ~ 0.69
+def activate_memory(transformer: LaCTWanTransformer3DModel) -> None:
+    """The memory as these tests open it: random gates and rates (seed 1), rates about softplus(0) ~ 0.69."""
+    noise = {"gate_proj.weight": 0.5, "lr_proj.weight": 0.1}
+    open_memory(transformer, generator=torch.Generator().manual_seed(1), noise=noise, lr_logit=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -120,13 +115,14 @@ def test_memory_is_active(pipe):
     kwargs = call_kwargs(output_type="latent", num_frames=frames_for(2))
     with_memory = pipe(**kwargs).frames
     gates = [m.gate_proj.bias for m in pipe.transformer.modules() if isinstance(m, FastWeightMemory)]
+    opened = [bias.detach().clone() for bias in gates]
     try:
         for bias in gates:
             bias.data.fill_(-30.0)  # silu(-30) ~ 0: memory read-out off
         without = pipe(**call_kwargs(output_type="latent", num_frames=frames_for(2))).frames
     finally:
-        for bias in gates:
-            bias.data.fill_(1.0)
+        for bias, value in zip(gates, opened):
+            bias.data.copy_(value)
     assert (with_memory[:, :, K:] - without[:, :, K:]).abs().max() > 1e-3
 
 

@@ -10,8 +10,8 @@ from lact_video.data.demo_dataset import write_video_folder
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
-from lact_video.layers import FastWeightMemory
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
+from memory_gates import open_memory
 from utils import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -35,10 +35,7 @@ def trained(tiny_wan_dir, tmp_path_factory):
     """A LaCT transformer whose memory is switched on (a stand-in for a finetuned one)."""
     torch.manual_seed(0)
     model = LaCTWanTransformer3DModel.from_wan(tiny_wan_dir, subfolder="transformer", chunk_frames=2, fw_head_dim=12)
-    with torch.no_grad():
-        for memory in model.modules():
-            if isinstance(memory, FastWeightMemory):
-                memory.gate_proj.bias.fill_(1.0)
+    open_memory(model)
     path = tmp_path_factory.mktemp("trained") / "transformer"
     model.save_pretrained(path)
     return path
