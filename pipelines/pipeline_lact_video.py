@@ -12,9 +12,11 @@ latent height/width, `H, W` video height/width.
 
 from __future__ import annotations
 
+import inspect
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from lact_video.models import LaCTWanTransformer3DModel
 from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
+from lact_video.state import LaCTState, TextContext
 
 from .streaming import Mp4StreamWriter, WanStreamingDecoder, video_paths
 
@@ -65,6 +68,51 @@ class LaCTVideoPipelineOutput(WanPipelineOutput):
     """
 
     video_paths: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class _GenerationSettings:
+    """The arguments of one `LaCTVideoPipeline.__call__` or `stream` call but `return_dict`, defaults applied
+    (documented in `__call__`): everything one generation needs, collected once."""
+
+    prompt: str | list[str] | None
+    negative_prompt: str | list[str] | None
+    height: int
+    width: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    num_videos_per_prompt: int | None
+    generator: torch.Generator | list[torch.Generator] | None
+    latents: torch.Tensor | None
+    prompt_embeds: torch.Tensor | None
+    negative_prompt_embeds: torch.Tensor | None
+    output_type: str | None
+    callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None
+    callback_on_step_end_tensor_inputs: list[str]
+    max_sequence_length: int
+    output_path: str | os.PathLike | list | None
+    fps: int
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> _GenerationSettings:
+        """The settings among a call's arguments, by name; other names (`self`, `return_dict`) are left out."""
+        return cls(**{field.name: arguments[field.name] for field in fields(cls)})
+
+
+@dataclass(frozen=True)
+class _EncodedPrompt:
+    """A video's prompt as the transformer takes it, through every call of the video.
+
+    `embeds` and `negative_embeds` (B, L, D) are what callbacks see and may replace. `text_context`, their
+    cross-attention keys and values, is projected by the video's first transformer call and handed back for
+    every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
+    again after a callback replaced the embeddings.
+    """
+
+    embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    text_context: TextContext | None = None
 
 
 def _as_normal_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -331,31 +379,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
     def interrupt(self):
         return self._interrupt
 
-    # inference_mode rather than no_grad: a chunk's forward is a few hundred small kernels, and skipping
-    # autograd's view and version bookkeeping on each makes it ~4% faster. Yielded tensors are copied out
-    # of inference mode (`_as_normal_tensor`), so callers may still modify them in place.
-    @torch.inference_mode()
-    def stream(
-        self,
-        prompt: str | list[str] = None,
-        negative_prompt: str | list[str] = None,
-        height: int = 480,
-        width: int = 832,
-        num_frames: int = 81,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        num_videos_per_prompt: int | None = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        latents: torch.Tensor | None = None,
-        prompt_embeds: torch.Tensor | None = None,
-        negative_prompt_embeds: torch.Tensor | None = None,
-        output_type: str | None = "np",
-        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
-        max_sequence_length: int = 512,
-        output_path: str | os.PathLike | list | None = None,
-        fps: int = 16,
-    ) -> Iterator[np.ndarray | torch.Tensor | list]:
+    def stream(self, *args, **kwargs) -> Iterator[np.ndarray | torch.Tensor | list]:
         r"""
         Generate chunk by chunk and yield every chunk's frames as soon as it is decoded.
 
@@ -370,26 +394,42 @@ class LaCTVideoPipeline(DiffusionPipeline):
         `callback_on_step_end` receives are inference tensors: to keep one and edit it in place after the call,
         clone it under `torch.inference_mode(False)`.
         """
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # Bound when the first chunk is asked for, as the arguments of the inference_mode-wrapped generator
+        # were before; a wrong one raises the TypeError Python would.
+        try:
+            arguments = inspect.signature(self.stream).bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{LaCTVideoPipeline.stream.__qualname__}() {error}") from None
+        arguments.apply_defaults()
+        yield from self._generate(_GenerationSettings.from_arguments(arguments.arguments))
+
+    # inference_mode rather than no_grad: a chunk's forward is a few hundred small kernels, and skipping
+    # autograd's view and version bookkeeping on each makes it ~4% faster. Yielded tensors are copied out
+    # of inference mode (`_as_normal_tensor`), so callers may still modify them in place.
+    @torch.inference_mode()
+    def _generate(self, settings: _GenerationSettings) -> Iterator[np.ndarray | torch.Tensor | list]:
+        """The generation behind `stream` and `__call__`: yields every chunk's frames (see `stream`)."""
+        callback = settings.callback_on_step_end
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            settings = replace(settings, callback_on_step_end_tensor_inputs=callback.tensor_inputs)
 
         # 1. Check inputs. Raise error if not correct
         self.check_inputs(
-            prompt,
-            negative_prompt,
-            height,
-            width,
-            prompt_embeds,
-            negative_prompt_embeds,
-            callback_on_step_end_tensor_inputs,
-            output_type,
+            settings.prompt,
+            settings.negative_prompt,
+            settings.height,
+            settings.width,
+            settings.prompt_embeds,
+            settings.negative_prompt_embeds,
+            settings.callback_on_step_end_tensor_inputs,
+            settings.output_type,
         )
-        if output_path is not None and output_type == "latent":
+        if settings.output_path is not None and settings.output_type == "latent":
             raise ValueError("`output_path` writes decoded frames; it cannot be used with output_type='latent'.")
-        num_frames = self.check_num_frames(num_frames)
+        num_frames = self.check_num_frames(settings.num_frames)
         num_chunks = ((num_frames - 1) // self.vae_scale_factor_temporal + 1) // self.transformer.config.chunk_frames
 
-        self._guidance_scale = guidance_scale
+        self._guidance_scale = settings.guidance_scale
         self._current_timestep = None
         self._current_chunk = None
         self._interrupt = False
@@ -397,63 +437,58 @@ class LaCTVideoPipeline(DiffusionPipeline):
         device = self._execution_device
 
         # 2. Define call parameters
-        if prompt is not None and isinstance(prompt, str):
+        if settings.prompt is not None and isinstance(settings.prompt, str):
             batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
+        elif settings.prompt is not None and isinstance(settings.prompt, list):
+            batch_size = len(settings.prompt)
         else:
-            batch_size = prompt_embeds.shape[0]
+            batch_size = settings.prompt_embeds.shape[0]
 
         # 3. Encode input prompt
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            do_classifier_free_guidance=self.do_classifier_free_guidance,
-            num_videos_per_prompt=num_videos_per_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            max_sequence_length=max_sequence_length,
+            prompt=settings.prompt,
+            negative_prompt=settings.negative_prompt,
+            prompt_embeds=settings.prompt_embeds,
+            negative_prompt_embeds=settings.negative_prompt_embeds,
             device=device,
+            do_classifier_free_guidance=self.do_classifier_free_guidance,
+            num_videos_per_prompt=settings.num_videos_per_prompt,
+            max_sequence_length=settings.max_sequence_length,
         )
 
         transformer_dtype = self.transformer.dtype
         prompt_embeds = prompt_embeds.to(transformer_dtype)
         if negative_prompt_embeds is not None:
             negative_prompt_embeds = negative_prompt_embeds.to(transformer_dtype)
+        prompt = _EncodedPrompt(prompt_embeds, negative_prompt_embeds)
 
         # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of
         # callback calls) is chunks x steps.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        steps_per_chunk = len(self.scheduler.timesteps)
-        self._num_timesteps = num_chunks * steps_per_chunk
+        self.scheduler.set_timesteps(settings.num_inference_steps, device=device)
+        self._num_timesteps = num_chunks * len(self.scheduler.timesteps)
 
         # 5. Prepare latent variables (lazily, chunk by chunk), the inference state and the outputs
-        num_videos = batch_size * num_videos_per_prompt
+        num_videos = batch_size * settings.num_videos_per_prompt
         chunk_noise = self.prepare_latents(
             num_videos,
             self.transformer.config.in_channels,
-            height,
-            width,
+            settings.height,
+            settings.width,
             num_frames,
             torch.float32,
             device,
-            generator,
-            latents,
+            settings.generator,
+            settings.latents,
         )
-        # Classifier-free guidance runs both branches as batch rows [uncond, cond] of one forward, each row
-        # with its own state: the unconditional rows see the negative prompt throughout, commits included.
-        rows = 2 * num_videos if self.do_classifier_free_guidance else num_videos
         state = self.transformer.init_state()
-        # The prompt's cross-attention keys and values: the first call projects them and hands them back for
-        # every later call of the video (through the transformer's forward, so that offloading hooks run).
-        text = None
-        decoder = WanStreamingDecoder(self.vae) if output_type != "latent" else None
+        decoder = WanStreamingDecoder(self.vae) if settings.output_type != "latent" else None
         if decoder is not None and self.vae.use_tiling:
             logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
         writers = []
         try:
-            if output_path is not None:
-                writers = [Mp4StreamWriter(p, height, width, fps) for p in video_paths(output_path, num_videos)]
+            if settings.output_path is not None:
+                paths = video_paths(settings.output_path, num_videos)
+                writers = [Mp4StreamWriter(p, settings.height, settings.width, settings.fps) for p in paths]
 
             # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
             with self.progress_bar(total=self._num_timesteps) as progress_bar:
@@ -466,79 +501,15 @@ class LaCTVideoPipeline(DiffusionPipeline):
                     # 6a. This chunk's noise (B, C, k, h, w), drawn only now
                     latents = next(chunk_noise)
 
-                    # 6b. Denoise against the state (which the denoising passes do not change). `set_timesteps`
-                    # restarts the scheduler: it clears the step index and UniPC's multistep history
-                    # (`model_outputs`, `lower_order_nums`, `last_sample`), so every chunk is a fresh run.
-                    self.scheduler.set_timesteps(num_inference_steps, device=device)
-                    self.scheduler.set_begin_index(0)  # no DtoH sync to find the step index
-                    for i, t in enumerate(self.scheduler.timesteps):
-                        if self.interrupt:
-                            break
-                        self._current_timestep = t
-                        latent_model_input = latents.to(transformer_dtype)
-                        if self.do_classifier_free_guidance:
-                            latent_model_input = torch.cat([latent_model_input] * 2)  # (2B, C, k, h, w)
-                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds) if text is None else None
-                        noise_pred, _, text = self.transformer(
-                            latent_model_input,
-                            t.expand(rows),
-                            embeds,
-                            mode="denoise",
-                            state=state,
-                            text_context=text,
-                            return_dict=False,
-                        )
-                        if self.do_classifier_free_guidance:
-                            noise_uncond, noise_pred = noise_pred.chunk(2)
-                            noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
+                    # 6b. Denoise against the state (which the denoising passes do not change)
+                    latents, prompt = self._denoise_chunk(latents, state, prompt, settings, chunk_index, progress_bar)
 
-                        # compute the previous noisy sample x_t -> x_t-1
-                        latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-
-                        if callback_on_step_end is not None:
-                            tensors = {
-                                "latents": latents,
-                                "prompt_embeds": prompt_embeds,
-                                "negative_prompt_embeds": negative_prompt_embeds,
-                            }
-                            callback_kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                            step = chunk_index * steps_per_chunk + i  # 0 .. num_timesteps - 1
-                            callback_outputs = callback_on_step_end(self, step, t, callback_kwargs)
-
-                            latents = callback_outputs.pop("latents", latents)
-                            new_embeds = (
-                                callback_outputs.pop("prompt_embeds", prompt_embeds),
-                                callback_outputs.pop("negative_prompt_embeds", negative_prompt_embeds),
-                            )
-                            if new_embeds[0] is not prompt_embeds or new_embeds[1] is not negative_prompt_embeds:
-                                prompt_embeds, negative_prompt_embeds = new_embeds
-                                text = None  # the next call projects the new prompt
-                        progress_bar.update()
-                    self._current_timestep = None
-
-                    # 6c. Commit the finished clean chunk at t=0: updates the fast weights and the window.
-                    # The last chunk has no successor, so its commit is skipped.
+                    # 6c. Commit the finished chunk. The last chunk has no successor, so its commit is skipped.
                     if chunk_index < num_chunks - 1 and not self.interrupt:
-                        clean = latents.to(transformer_dtype)
-                        if self.do_classifier_free_guidance:
-                            clean = torch.cat([clean] * 2)
-                        timestep = torch.zeros(rows, device=device, dtype=transformer_dtype)
-                        embeds = self._batch_embeds(prompt_embeds, negative_prompt_embeds) if text is None else None
-                        _, state, text = self.transformer(
-                            clean, timestep, embeds, mode="commit", state=state, text_context=text, return_dict=False
-                        )
+                        state, prompt = self._commit_chunk(latents, state, prompt)
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
-                    if output_type == "latent":
-                        yield _as_normal_tensor(latents)
-                        continue
-                    video = decoder.decode(self._denormalize(latents))  # (B, 3, f, H, W) in [-1, 1]
-                    frames = self.video_processor.postprocess_video(video, output_type=output_type)
-                    if writers:
-                        np_frames = frames if output_type == "np" else self.video_processor.postprocess_video(video)
-                        for writer, video_frames in zip(writers, np_frames):
-                            writer.write(video_frames)
-                    yield _as_normal_tensor(frames) if output_type == "pt" else frames
+                    yield self._decode_chunk(latents, decoder, writers, settings.output_type)
         finally:
             # 7. Close the files (also when the caller stops early) and offload all models
             for writer in writers:
@@ -546,11 +517,128 @@ class LaCTVideoPipeline(DiffusionPipeline):
             self._current_chunk = None
             self.maybe_free_model_hooks()
 
-    def _batch_embeds(self, prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+    def _denoise_chunk(
+        self,
+        latents: torch.Tensor,
+        state: LaCTState,
+        prompt: _EncodedPrompt,
+        settings: _GenerationSettings,
+        chunk_index: int,
+        progress_bar,
+    ) -> tuple[torch.Tensor, _EncodedPrompt]:
+        """Denoise one chunk, (B, C, k, h, w) noise -> latents, against `state` (the chunks before it).
+
+        Runs the whole schedule with classifier-free guidance, calls `callback_on_step_end` after every step,
+        stops at `self.interrupt` and advances `progress_bar` once a step. Returns the latents and the prompt,
+        which a callback may have replaced (it is then projected again by the next transformer call).
+        """
+        # `set_timesteps` restarts the scheduler: it clears the step index and UniPC's multistep history
+        # (`model_outputs`, `lower_order_nums`, `last_sample`), so every chunk is a fresh run.
+        self.scheduler.set_timesteps(settings.num_inference_steps, device=latents.device)
+        self.scheduler.set_begin_index(0)  # no DtoH sync to find the step index
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(timesteps):
+            if self.interrupt:
+                break
+            self._current_timestep = t
+            latent_model_input = self._guidance_rows(latents)
+            noise_pred, _, prompt = self._transformer_forward(
+                latent_model_input, t.expand(len(latent_model_input)), "denoise", state, prompt
+            )
+            if self.do_classifier_free_guidance:
+                noise_uncond, noise_pred = noise_pred.chunk(2)
+                noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
+
+            # compute the previous noisy sample x_t -> x_t-1
+            latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+            if settings.callback_on_step_end is not None:
+                tensors = {
+                    "latents": latents,
+                    "prompt_embeds": prompt.embeds,
+                    "negative_prompt_embeds": prompt.negative_embeds,
+                }
+                callback_kwargs = {k: tensors[k] for k in settings.callback_on_step_end_tensor_inputs}
+                step = chunk_index * len(timesteps) + i  # 0 .. num_timesteps - 1
+                callback_outputs = settings.callback_on_step_end(self, step, t, callback_kwargs)
+
+                latents = callback_outputs.pop("latents", latents)
+                embeds = callback_outputs.pop("prompt_embeds", prompt.embeds)
+                negative_embeds = callback_outputs.pop("negative_prompt_embeds", prompt.negative_embeds)
+                if embeds is not prompt.embeds or negative_embeds is not prompt.negative_embeds:
+                    prompt = _EncodedPrompt(embeds, negative_embeds)  # without `text_context`: projected anew
+            progress_bar.update()
+        self._current_timestep = None
+        return latents, prompt
+
+    def _commit_chunk(
+        self, latents: torch.Tensor, state: LaCTState, prompt: _EncodedPrompt
+    ) -> tuple[LaCTState, _EncodedPrompt]:
+        """Commit a finished chunk, (B, C, k, h, w) latents, as clean at t=0: returns the new state, whose fast
+        weights and window now hold it, and the prompt."""
+        clean = self._guidance_rows(latents)
+        timestep = torch.zeros(len(clean), device=clean.device, dtype=clean.dtype)
+        _, state, prompt = self._transformer_forward(clean, timestep, "commit", state, prompt)
+        return state, prompt
+
+    def _decode_chunk(
+        self,
+        latents: torch.Tensor,
+        decoder: WanStreamingDecoder | None,
+        writers: list[Mp4StreamWriter],
+        output_type: str,
+    ) -> np.ndarray | torch.Tensor | list:
+        """A finished chunk's frames in `output_type` (see `stream`), from its (B, C, k, h, w) latents.
+
+        `decoder` carries the VAE's causal cache from the chunks before (`None` for "latent"); the frames are
+        also appended to the `writers`' files. Tensors come back out of inference mode.
+        """
+        if output_type == "latent":
+            return _as_normal_tensor(latents)
+        video = decoder.decode(self._denormalize(latents))  # (B, 3, f, H, W) in [-1, 1]
+        frames = self.video_processor.postprocess_video(video, output_type=output_type)
+        if writers:
+            np_frames = frames if output_type == "np" else self.video_processor.postprocess_video(video)
+            for writer, video_frames in zip(writers, np_frames):
+                writer.write(video_frames)
+        return _as_normal_tensor(frames) if output_type == "pt" else frames
+
+    def _guidance_rows(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, k, h, w) latents -> the transformer's input (rows, C, k, h, w) in its dtype.
+
+        Classifier-free guidance runs both branches as batch rows [uncond, cond] of one forward, each row with
+        its own state: the unconditional rows see the negative prompt throughout, commits included.
+        """
+        latents = latents.to(self.transformer.dtype)
+        return torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+
+    def _transformer_forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        mode: str,
+        state: LaCTState,
+        prompt: _EncodedPrompt,
+    ) -> tuple[torch.Tensor | None, LaCTState, _EncodedPrompt]:
+        """One transformer call on (rows, C, k, h, w) latents at `timestep` (rows,): the output, the state and
+        the prompt with its `text_context`, projected by the first call and reused by every later one."""
+        embeds = self._batch_embeds(prompt) if prompt.text_context is None else None
+        output, state, text_context = self.transformer(
+            hidden_states,
+            timestep,
+            embeds,
+            mode=mode,
+            state=state,
+            text_context=prompt.text_context,
+            return_dict=False,
+        )
+        return output, state, replace(prompt, text_context=text_context)
+
+    def _batch_embeds(self, prompt: _EncodedPrompt) -> torch.Tensor:
         """(rows, L, D) text embeddings: [negative; positive] under classifier-free guidance."""
         if self.do_classifier_free_guidance:
-            return torch.cat([negative_prompt_embeds, prompt_embeds])
-        return prompt_embeds
+            return torch.cat([prompt.negative_embeds, prompt.embeds])
+        return prompt.embeds
 
     def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
         """Undo the latent normalisation, exactly as `WanPipeline.__call__` does before decoding."""
@@ -641,27 +729,9 @@ class LaCTVideoPipeline(DiffusionPipeline):
             `LaCTVideoPipelineOutput` or `tuple`: `frames` as in `WanPipelineOutput` (or `video_paths` when
             `output_path` is given); as a tuple, the fields that are set.
         """
-        # 1. Generate chunk by chunk
-        chunks = self.stream(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            height=height,
-            width=width,
-            num_frames=num_frames,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            num_videos_per_prompt=num_videos_per_prompt,
-            generator=generator,
-            latents=latents,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            output_type=output_type,
-            callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
-            max_sequence_length=max_sequence_length,
-            output_path=output_path,
-            fps=fps,
-        )
+        # 1. Generate chunk by chunk. Every argument but `return_dict` is a setting of the generation, and this
+        # first statement's `locals()` holds exactly the arguments.
+        chunks = self._generate(_GenerationSettings.from_arguments(locals()))
 
         # 2. Write the video files, or gather the chunks along the frame axis
         if output_path is not None:
@@ -682,3 +752,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
         if not return_dict:
             return output.to_tuple()
         return output
+
+    # `stream` takes the arguments of `__call__` but `return_dict`, so its signature is derived from `__call__`'s
+    # rather than written twice; `inspect.signature`, `help()` and notebooks show it as written out.
+    stream.__signature__ = inspect.signature(__call__).replace(
+        parameters=[p for p in inspect.signature(__call__).parameters.values() if p.name != "return_dict"],
+        return_annotation=inspect.signature(stream).return_annotation,
+    )
