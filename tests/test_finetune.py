@@ -20,9 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lact_video.training.trainer
+from lact_video.data import precompute
 from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training.checkpointing import list_checkpoints
-from utils import load_script
+from lact_video.training.config import LaCTConfig, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -31,8 +33,8 @@ ZERO3_CPU = str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml")
 
 @pytest.fixture(scope="module")
 def trainer():
-    """finetune/finetune.py as a module."""
-    return load_script("finetune/finetune.py")
+    """The trainer behind finetune/finetune.py."""
+    return lact_video.training.trainer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,6 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(tiny_wan_dir, videos, tmp_path_factory):
     """The latent cache of `videos`, written by finetune/precompute.py."""
-    precompute = load_script("finetune/precompute.py")
     out = tmp_path_factory.mktemp("cache")
     precompute.main(
         ["--pretrained_model_name_or_path", str(tiny_wan_dir), "--train_data_dir", str(videos),
@@ -206,9 +207,6 @@ def test_bad_settings_fail_before_any_model_loads(trainer, tmp_path):
 
 
 def test_config_overrides_and_recipes():
-    sys.path.insert(0, str(REPO / "finetune"))
-    from config import LaCTConfig, load_config
-
     from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
 
     # every LaCT key of the model is a config field once (chunk_frames is the data's)
