@@ -7,8 +7,6 @@ a field name that occurs once in the whole tree may be given alone (`--max_train
 Values are parsed by OmegaConf (YAML syntax: `model.lact.lact_blocks=[0,2]`, `train.resume_from_checkpoint=null`).
 
     python finetune/finetune.py --help     # prints every field with its default
-
-`config_reference` renders the same tree as the README's markdown table (`scripts/config_reference.py`).
 """
 
 from __future__ import annotations
