@@ -33,8 +33,7 @@ def test_version(main, capsys):
 
 def test_finetune_script_runs_from_its_folder():
     """`cd finetune && python finetune.py`: the thin entry point finds the package from any folder."""
-    result = subprocess.run(
-        [sys.executable, "finetune.py", "--version"], cwd=REPO / "finetune", capture_output=True, text=True, timeout=300
-    )
+    command = [sys.executable, "finetune.py", "--version"]
+    result = subprocess.run(command, cwd=REPO / "finetune", capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert lact_video.__version__ in result.stdout
