@@ -13,7 +13,6 @@ steps/s (after `--warmup` steps), and the share of step time spent waiting for t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -27,14 +26,6 @@ import time
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "finetune" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def summarize(output_dir: pathlib.Path, warmup: int) -> dict:
@@ -51,13 +42,15 @@ def summarize(output_dir: pathlib.Path, warmup: int) -> dict:
     }
 
 
-def train_in_process(finetune, base, output_dir, steps, workers, *overrides) -> float:
+def train_in_process(base, output_dir, steps, workers, *overrides) -> float:
     from accelerate.state import AcceleratorState, GradientState
+
+    from lact_video.training import trainer
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     start = time.perf_counter()
-    finetune.main(
+    trainer.main(
         ["--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
          f"train.output_dir={output_dir}", f"train.max_train_steps={steps}", f"train.checkpointing_steps={steps}",
          "train.report_to=none", "train.export_at_end=false", f"data.dataloader_num_workers={workers}", *overrides]
@@ -77,8 +70,8 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from lact_video.data import precompute
     from lact_video.data.demo_dataset import write_video_folder
-
     from lact_video.tiny import build_tiny_wan
 
     results = {
@@ -94,15 +87,14 @@ def main(argv=None) -> dict:
         tmp = pathlib.Path(tmp)
         base = build_tiny_wan(tmp / "base", seed=0)
         videos = write_video_folder(tmp / "videos", num_synthetic=args.clips, real=True)
-        load_script("precompute").main(
+        precompute.main(
             ["--pretrained_model_name_or_path", str(base), "--train_data_dir", str(videos),
              "--output_dir", str(tmp / "cache"), "--height", "32", "--width", "32", "--num_frames", "13",
              "--chunk_frames", "2", "--max_sequence_length", "16"]
         )  # fmt: skip
-        finetune = load_script("finetune")
         sources = {"cached": f"data.cache_dir={tmp / 'cache'}", "on_the_fly": f"data.train_data_dir={videos}"}
         for name, source in sources.items():
-            wall = train_in_process(finetune, base, tmp / name, args.steps, args.workers, source)
+            wall = train_in_process(base, tmp / name, args.steps, args.workers, source)
             results[name] = {**summarize(tmp / name, args.warmup), "run_wall_s": wall}
         if args.zero3:
             results["zero3_2proc_cached"] = time_zero3(base, tmp, args)

@@ -51,9 +51,9 @@ import time
 import numpy as np
 import torch
 
+from pipelines import LaCTVideoPipeline, WanStreamingDecoder
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `pipelines` lives at the repository root
-from pipelines import LaCTVideoPipeline, WanStreamingDecoder  # noqa: E402
 
 PROMPT = "a cat walks across a sunny kitchen floor"
 NEGATIVE = "low quality, blurry, static"

@@ -28,11 +28,9 @@ scheduler are copied unchanged from --base.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pathlib
 import re
-import shutil
 
 import torch
 from accelerate import init_empty_weights
@@ -41,7 +39,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 
 from .models import LaCTWanTransformer3DModel
 from .models.transformer_lact_wan import LACT_CONFIG_KEYS
-from .training.export import BASE_COMPONENTS, local_model_folder, model_index
+from .training.export import local_model_folder, write_pipeline_folder
 
 logger = logging.getLogger(__name__)
 
@@ -237,16 +235,7 @@ def convert(
             checkpoint, model.config.lact_blocks if model.config.lact_blocks is not None else "all",
         )
 
-    # The layout of `LaCTVideoPipeline.save_pretrained` (see training/export.py); the base components
-    # are copied byte for byte rather than loaded and re-saved (the UMT5 encoder alone is ~11 GB).
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "model_index.json").unlink(missing_ok=True)  # written last: its absence marks a partial folder
-    model.save_pretrained(output_dir / "transformer")
-    for component in BASE_COMPONENTS:
-        if (output_dir / component).exists():
-            shutil.rmtree(output_dir / component)
-        shutil.copytree(base_folder / component, output_dir / component)
-    (output_dir / "model_index.json").write_text(json.dumps(model_index(base_folder), indent=2) + "\n")
+    write_pipeline_folder(output_dir, model, base_folder)
     public = {k: v for k, v in model.config.items() if k in LACT_CONFIG_KEYS}
     logger.info("Wrote %s (LaCT config %s).", output_dir, public)
     return output_dir

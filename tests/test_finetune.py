@@ -20,9 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import lact_video.training.trainer
+from lact_video.data import precompute
 from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training.checkpointing import list_checkpoints
-from utils import load_script
+from lact_video.training.config import LaCTConfig, check_against_transformer, lact_config, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -31,8 +33,8 @@ ZERO3_CPU = str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml")
 
 @pytest.fixture(scope="module")
 def trainer():
-    """finetune/finetune.py as a module."""
-    return load_script("finetune/finetune.py")
+    """The trainer behind finetune/finetune.py."""
+    return lact_video.training.trainer
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,6 @@ def videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(tiny_wan_dir, videos, tmp_path_factory):
     """The latent cache of `videos`, written by finetune/precompute.py."""
-    precompute = load_script("finetune/precompute.py")
     out = tmp_path_factory.mktemp("cache")
     precompute.main(
         ["--pretrained_model_name_or_path", str(tiny_wan_dir), "--train_data_dir", str(videos),
@@ -206,9 +207,6 @@ def test_bad_settings_fail_before_any_model_loads(trainer, tmp_path):
 
 
 def test_config_overrides_and_recipes():
-    sys.path.insert(0, str(REPO / "finetune"))
-    from config import LaCTConfig, load_config
-
     from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
 
     # every LaCT key of the model is a config field once (chunk_frames is the data's)
@@ -227,28 +225,22 @@ def test_config_overrides_and_recipes():
         load_config(["--config", TINY, "--learning_rat", "1"])
 
 
-@pytest.fixture(scope="module")
-def config_module():
-    """finetune/config.py as a module."""
-    return load_script("finetune/config.py")
-
-
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("wan2.1-*.yaml")), ids=lambda path: path.stem)
-def test_recipe_fits_the_released_wan_it_names(config_module, recipe):
+def test_recipe_fits_the_released_wan_it_names(recipe):
     """A recipe for a released Wan loads, passes the cheap checks (clip geometry, settings) and the checks against
     that Wan's transformer config, and its LaCT model runs one teacher-forcing step at the recipe's clip size on the
     meta device (which also checks the window against the tokens of a chunk)."""
     from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
     from lact_video.wan_configs import WAN21_T2V_CONFIGS
 
-    config = config_module.load_config(["--config", str(recipe), "data.cache_dir=/c"])
+    config = load_config(["--config", str(recipe), "data.cache_dir=/c"])
     base = config.model.pretrained_model_name_or_path
     (wan,) = (c for name, c in WAN21_T2V_CONFIGS.items() if base == f"Wan-AI/{name}-Diffusers")
-    config_module.check_against_transformer(config, wan)
+    check_against_transformer(config, wan)
     data, num_repeat = config.data, config.model.lact.num_repeat
     latents = (wan["in_channels"], data.latent_frames, data.height // 8, data.width // 8)  # (C, F, h, w): VAE 8x
     with torch.device("meta"):
-        model = LaCTWanTransformer3DModel(**wan, **config_module.lact_config(config))
+        model = LaCTWanTransformer3DModel(**wan, **lact_config(config))
         clean, noisy = torch.empty(1, *latents), torch.empty(1, num_repeat, *latents)
         timesteps = interleave_timesteps(torch.zeros(1, num_repeat, data.latent_frames // data.chunk_frames))
         text = torch.empty(1, data.max_sequence_length, wan["text_dim"])

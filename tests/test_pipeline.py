@@ -16,11 +16,11 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from memory_gates import open_memory
-from utils import load_script
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers.fast_weight_memory import FastWeightMemory
 from pipelines import LaCTVideoPipeline
+from pipelines import generate as generate_module
 
 SIZE = 32  # video height and width: 4x4 latents, 2x2 tokens per latent frame
 K = 3  # chunk_frames
@@ -445,7 +445,7 @@ def test_progress_bar_counts_steps_and_names_the_chunk(pipe):
 
 
 def test_generate_script_patches_a_plain_wan_folder_with_lact_options(tiny_wan_dir, tmp_path, capsys):
-    generate = load_script("scripts/generate.py")
+    generate = generate_module
     path = tmp_path / "video.mp4"
     args = ["--model", str(tiny_wan_dir), "--prompt", PROMPT, "--num_frames", str(frames_for(2)), "--height", str(SIZE),
             "--width", str(SIZE), "--steps", "1", "--max_sequence_length", "8", "--output", str(path)]  # fmt: skip

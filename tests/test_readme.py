@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from utils import load_script
+from lact_video.training.config import REFERENCE_BEGIN, REFERENCE_END, config_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,7 +28,6 @@ def test_readme_commands_exist():
 
 
 def test_config_reference_matches_the_dataclasses():
-    module = load_script("scripts/config_reference.py")
     text = README.read_text()
-    start, end = text.index(module.BEGIN), text.index(module.END) + len(module.END)
-    assert text[start:end] == module.reference(), "run: python scripts/config_reference.py --write"
+    start, end = text.index(REFERENCE_BEGIN), text.index(REFERENCE_END) + len(REFERENCE_END)
+    assert text[start:end] == config_reference(), "run: python scripts/config_reference.py --write"

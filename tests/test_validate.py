@@ -10,9 +10,10 @@ from lact_video.data.demo_dataset import write_video_folder
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
+from lact_video.training import trainer as finetune_trainer
+from lact_video.training import validate as validate_module
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
 from memory_gates import open_memory
-from utils import load_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_RECIPE = ["--config", str(ROOT / "configs" / "tiny.yaml")]
@@ -22,7 +23,7 @@ GEOMETRY = ["data.height=32", "data.width=32", "data.num_frames=13", "data.chunk
 
 
 def load_validate():
-    return load_script("finetune/validate.py")
+    return validate_module
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_training_checkpoint_equals_its_export(tiny_wan_dir, videos, tmp_path):
     """A `save_state` checkpoint-<step> folder evaluates like the diffusers folder exported from it."""
     from accelerate.state import AcceleratorState, GradientState
 
-    trainer = load_script("finetune/finetune.py")
+    trainer = finetune_trainer
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     run = tmp_path / "run"

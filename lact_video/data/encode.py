@@ -1,7 +1,8 @@
 """Encode clips and captions for Wan: VAE latents and UMT5 prompt embeddings.
 
-Both the latent cache (`finetune/precompute.py`) and on-the-fly training call these functions,
-so a cached run and an on-the-fly run see the same tensors. They mirror diffusers'
+`load_frozen_encoders` loads the tokenizer, text encoder and VAE for the trainer, validation and
+the latent cache alike. Both the latent cache (`lact_video.data.precompute`) and on-the-fly
+training call these functions, so a cached run and an on-the-fly run see the same tensors. They mirror diffusers'
 `WanPipeline` (diffusers/pipelines/wan/pipeline_wan.py): `_get_t5_prompt_embeds` for the text,
 and for the latents the normalisation that `WanImageToVideoPipeline.prepare_latents` applies
 after encoding and `WanPipeline.__call__` undoes before decoding.
@@ -9,8 +10,46 @@ after encoding and `WanPipeline.__call__` undoes before decoding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from diffusers import AutoencoderKLWan
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+
+@dataclass
+class FrozenEncoders:
+    tokenizer: object
+    text_encoder: UMT5EncoderModel
+    vae: AutoencoderKLWan | None  # None when not asked for
+
+
+def load_frozen_encoders(
+    pretrained_model_name_or_path: str,
+    *,
+    revision: str | None = None,
+    text_dtype: torch.dtype | None = None,
+    vae_dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    with_vae: bool = True,
+) -> FrozenEncoders:
+    """The tokenizer, UMT5 text encoder and Wan VAE of a Wan2.1 diffusers folder or hub id, frozen.
+
+    Both models are in eval mode, without gradients, on `device`. `text_dtype=None` keeps the dtype
+    that transformers picks by default (the checkpoint's own).
+    """
+    path = pretrained_model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer", revision=revision)
+    text_encoder = UMT5EncoderModel.from_pretrained(
+        path, subfolder="text_encoder", revision=revision, dtype=text_dtype
+    )
+    text_encoder.requires_grad_(False).eval().to(device)
+    vae = None
+    if with_vae:
+        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", revision=revision, torch_dtype=vae_dtype)
+        vae.requires_grad_(False).eval().to(device)
+    return FrozenEncoders(tokenizer, text_encoder, vae)
 
 
 def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,8 @@ The folder holds `transformer/` (the LaCT transformer, `save_pretrained`), the b
 `vae/`, `text_encoder/`, `tokenizer/` and `scheduler/` unchanged, and `model_index.json` naming
 `LaCTVideoPipeline` with the transformer class from `lact_video.models.transformer_lact_wan`, as
 the pipeline's own `save_pretrained` writes it. `model_index.json` is written last: a folder
-without it is an unfinished export.
+without it is an unfinished export. `write_pipeline_folder` writes that layout for the trainer's
+export and for `lact_video.convert` alike.
 """
 
 from __future__ import annotations
@@ -44,12 +45,36 @@ def model_index(base_folder: pathlib.Path) -> dict:
     return dict(sorted(index.items()))
 
 
-def save_transformer(state_dict: dict, config, path: str | os.PathLike) -> None:
-    """Save a full transformer state dict (e.g. gathered from ZeRO-3 shards) with `save_pretrained`."""
+def transformer_from_state_dict(state_dict: dict, config) -> LaCTWanTransformer3DModel:
+    """The transformer of `config` holding a full state dict (e.g. gathered from ZeRO-3 shards), without a copy."""
     with init_empty_weights():
         model = LaCTWanTransformer3DModel.from_config(config)
     model.load_state_dict(state_dict, strict=True, assign=True)
-    model.save_pretrained(path)
+    return model
+
+
+def write_pipeline_folder(
+    output_dir: pathlib.Path,
+    transformer: LaCTWanTransformer3DModel,
+    base_folder: pathlib.Path,
+    extra_files: dict[str, str] | None = None,
+) -> None:
+    """Write the pipeline folder: `transformer/` (`save_pretrained`), the base components, `model_index.json`.
+
+    The base folder's components are copied byte for byte rather than loaded and re-saved (the UMT5
+    encoder alone is ~11 GB), replacing any already there. `extra_files` ({file name: text}) go beside
+    `model_index.json`, which is written last: its absence marks a partial folder.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "model_index.json").unlink(missing_ok=True)
+    transformer.save_pretrained(output_dir / "transformer")
+    for component in BASE_COMPONENTS:
+        if (output_dir / component).exists():
+            shutil.rmtree(output_dir / component)
+        shutil.copytree(base_folder / component, output_dir / component)
+    for name, text in (extra_files or {}).items():
+        (output_dir / name).write_text(text)
+    (output_dir / "model_index.json").write_text(json.dumps(model_index(base_folder), indent=2) + "\n")
 
 
 def export_pipeline(accelerator, model, base_model: str, export_dir, ema=None, revision=None, extra_files=None):
@@ -71,15 +96,7 @@ def export_pipeline(accelerator, model, base_model: str, export_dir, ema=None, r
             state_dict = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
     if accelerator.is_main_process:
         base = local_model_folder(base_model, revision)
-        export_dir.mkdir(parents=True, exist_ok=True)
-        (export_dir / "model_index.json").unlink(missing_ok=True)
-        save_transformer(state_dict, accelerator.unwrap_model(model).config, export_dir / "transformer")
-        for component in BASE_COMPONENTS:
-            if (export_dir / component).exists():
-                shutil.rmtree(export_dir / component)
-            shutil.copytree(base / component, export_dir / component)
-        for name, text in (extra_files or {}).items():
-            (export_dir / name).write_text(text)
-        (export_dir / "model_index.json").write_text(json.dumps(model_index(base), indent=2) + "\n")
+        transformer = transformer_from_state_dict(state_dict, accelerator.unwrap_model(model).config)
+        write_pipeline_folder(export_dir, transformer, base, extra_files)
     accelerator.wait_for_everyone()
     return export_dir

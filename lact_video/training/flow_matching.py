@@ -137,6 +137,7 @@ def sample_seed(*key: int) -> int:
 
 def draw_sample_randomness(
     positions: list[int],
+    *,
     seed: int,
     latent_shape: tuple[int, int, int, int],
     num_repeat: int,

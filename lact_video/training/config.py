@@ -1,4 +1,4 @@
-"""Typed configuration of `finetune.py`: one dataclass per concern, parsed by OmegaConf.
+"""Typed configuration of the trainer (`finetune/finetune.py`): one dataclass per concern, parsed by OmegaConf.
 
 A run's config is the defaults below, then a recipe (`--config configs/<recipe>.yaml`), then
 command-line overrides, later ones winning. Overrides are `key=value` or `--key value` (also
@@ -11,21 +11,24 @@ Values are parsed by OmegaConf (YAML syntax: `model.lact.lact_blocks=[0,2]`, `tr
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from enum import Enum
 
 from omegaconf import MISSING, OmegaConf
 
-import lact_video
-from lact_video.data.config import DataConfig
-from lact_video.evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
-from lact_video.models.transformer_lact_wan import MODES
-from lact_video.training.flow_matching import LossWeighting, ShiftRule, TimestepSampling
+from .. import __version__
+from ..data.config import DataConfig
+from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
+from ..models.transformer_lact_wan import MODES
+from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
 
 
 class Trainable(str, Enum):
@@ -239,7 +242,7 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
         print(OmegaConf.to_yaml(OmegaConf.structured(FinetuneConfig)))
         raise SystemExit(0)
     if argv and argv[0] == "--version":
-        print(f"lact-video {lact_video.__version__}")
+        print(f"lact-video {__version__}")
         raise SystemExit(0)
     config_path, overrides = split_argv(argv)
     merged = OmegaConf.structured(FinetuneConfig)
@@ -338,3 +341,43 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
 def lact_config(config: FinetuneConfig) -> dict:
     """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the mode, chunk_frames."""
     return {**vars(config.model.lact), **MODES[config.model.mode], "chunk_frames": config.data.chunk_frames}
+
+
+REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
+
+
+def config_reference() -> str:
+    """The markdown table of every field: dotted path, default and the comment above it in the source.
+
+    README.md holds it between `REFERENCE_BEGIN` and `REFERENCE_END`.
+    """
+    header = ["| key | default | meaning |", "|---|---|---|"]
+    return "\n".join([REFERENCE_BEGIN, *header, *_reference_rows(), REFERENCE_END])
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The `# ...` lines right above each field of a dataclass, joined."""
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    comments = {}
+    for node in ast.parse(source).body[0].body:
+        if isinstance(node, ast.AnnAssign):
+            above, row = [], node.lineno - 2
+            while row >= 0 and lines[row].strip().startswith("#"):
+                above.insert(0, lines[row].strip().lstrip("#").strip())
+                row -= 1
+            comments[node.target.id] = " ".join(above)
+    return comments
+
+
+def _reference_rows(cls=FinetuneConfig, prefix: str = "") -> list[str]:
+    comments, defaults, out = _field_comments(cls), OmegaConf.structured(cls), []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            out += _reference_rows(type(default), f"{prefix}{f.name}.")
+            continue
+        value = OmegaConf.to_container(defaults, enum_to_str=True)[f.name]
+        shown = "required" if value == "???" else f"`{value}`"
+        out.append(f"| `{prefix}{f.name}` | {shown} | {comments.get(f.name, '')} |")
+    return out

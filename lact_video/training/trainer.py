@@ -1,0 +1,609 @@
+"""Finetune Wan2.1 text-to-video into an autoregressive LaCT video model: the trainer behind
+`finetune/finetune.py` and the `lact-video-finetune` console script.
+
+Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3; the objective is
+docs/lact-video-spec.md, Sec. 2 and 4: teacher forcing over the interleaved noisy/clean chunk
+sequence, flow matching on the noisy chunks, the loss reported per chunk.
+
+    accelerate launch --config_file configs/accelerate/zero3_8gpu.yaml finetune/finetune.py \\
+        --config configs/wan2.1-t2v-1.3b-lact.yaml \\
+        model.pretrained_model_name_or_path=Wan-AI/Wan2.1-T2V-1.3B-Diffusers data.cache_dir=CACHE
+
+    python finetune/finetune.py --config configs/tiny.yaml ...   # one process, no launcher
+    python finetune/finetune.py --help                            # every config field
+
+Output (train.output_dir): `checkpoint-<step>/` (atomic; `train.resume_from_checkpoint=latest`
+resumes model, optimizer, scheduler, EMA, RNG and data position exactly), `metrics.jsonl`
+(one line per step), `train_info.json` (partitioning, parameters, skipped videos), `logs/`
+(trackers), and at the end a diffusers pipeline folder (`transformer/`, `vae/`, ... and
+`model_index.json`) that `pipelines.LaCTVideoPipeline.from_pretrained` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..data import LatentCacheDataset, VideoFolderDataset
+from ..evaluation import per_chunk_loss, write_report
+from ..models import LaCTWanTransformer3DModel
+from . import checkpointing
+from .config import FinetuneConfig, check_against_transformer, lact_config, load_config, to_flat_dict, to_yaml
+from .distributed import (
+    partition_report,
+    process_group_kwargs,
+    resolve_deepspeed_config_file,
+    skip_deepspeed_shm_build,
+    zero3_init_disabled,
+)
+from .ema import ShardedEMA
+from .export import export_pipeline
+from .flow_matching import (
+    LossWeighting,
+    ShiftRule,
+    draw_sample_randomness,
+    logit_normal_density,
+    shift_timesteps,
+    teacher_forcing_loss,
+    token_following_shift,
+    tokens_per_chunk,
+)
+from .sampling import KeyedDataset, ResumableSampler
+from .trainable import new_parameters, parameter_groups, set_trainable
+
+# The checkout this package runs from: accelerate configs name their DeepSpeed JSON relative to it.
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+VAE_SPATIAL_FACTOR = 8  # Wan's VAE: latent height/width = pixels / 8
+logger = logging.getLogger("finetune")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or the gradient norm became NaN or Inf; training stops before any checkpoint is touched."""
+
+
+@dataclass
+class Models:
+    transformer: LaCTWanTransformer3DModel
+    tokenizer: object
+    text_encoder: torch.nn.Module | None  # None when nothing is encoded on the fly
+    vae: torch.nn.Module | None
+    empty_prompt_embeds: torch.Tensor  # (L, D): the caption-dropout prompt ""
+
+
+@dataclass
+class Datasets:
+    train: torch.utils.data.Dataset
+    validation: torch.utils.data.Dataset | None
+    skipped: list[dict]  # videos left out of training, with reasons
+
+
+@dataclass
+class Prepared:
+    """What `accelerator.prepare` hands back, and the EMA of the prepared weights."""
+
+    transformer: torch.nn.Module  # wrapped by accelerate (a DeepSpeed engine under ZeRO)
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: ShardedEMA | None  # None when ema.use_ema is off
+
+
+def main(argv: list[str] | None = None) -> pathlib.Path | None:
+    """Train, checkpoint and export; returns the exported pipeline folder (None when not exported)."""
+    config = load_config(argv)  # checks the clip geometry before any model loads
+    accelerator = make_accelerator(config)
+    datasets = make_datasets(config)
+    models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
+    set_trainable(models.transformer, config.model.trainable.value)
+    optimizer, lr_scheduler = make_optimizer(config, models.transformer)
+    prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
+    step, resumed_from = resume(config, accelerator, prepared.ema)
+    write_run_info(config, accelerator, prepared.transformer, datasets, step, resumed_from)
+    if not config.train.export_only:
+        step = train(config, accelerator, prepared, models, datasets, step)
+    export_dir = None
+    if config.train.export_at_end or config.train.export_only:
+        export_dir = export(config, accelerator, prepared)
+    accelerator.end_training()
+    return export_dir
+
+
+# 1. Accelerate and DeepSpeed
+
+
+def make_accelerator(config: FinetuneConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    skip_deepspeed_shm_build()
+    resolve_deepspeed_config_file(REPO_ROOT)
+    train = config.train
+    mixed_precision = train.mixed_precision
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    output_dir = pathlib.Path(train.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        mixed_precision=mixed_precision,
+        log_with=None if train.report_to == "none" else train.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        kwargs_handlers=process_group_kwargs(),
+        # The schedule counts optimizer steps, whatever the number of processes.
+        step_scheduler_with_optimizer=False,
+    )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        # This config is the one source of these values; the DeepSpeed JSON leaves them "auto".
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = train.train_batch_size
+        ds["gradient_clipping"] = config.optimizer.max_grad_norm
+        ds.setdefault("zero_optimization", {})["stage3_gather_16bit_weights_on_model_save"] = True
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.ERROR)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "finetune_config.yaml").write_text(to_yaml(config))
+        if train.report_to != "none":
+            accelerator.init_trackers(train.tracker_project_name, config=to_flat_dict(config))
+    # The same seed on every rank: the new LaCT parameters are drawn identically everywhere.
+    set_seed(train.seed)
+    logger.info("%d process(es), %s, mixed precision %s", accelerator.num_processes, accelerator.distributed_type,
+                mixed_precision)  # fmt: skip
+    return accelerator
+
+
+def input_dtype(accelerator) -> torch.dtype:
+    """The dtype the model's inputs need: DeepSpeed bf16/fp16 casts the weights themselves."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    return torch.float32
+
+
+# 2. Data
+
+
+def make_datasets(config: FinetuneConfig) -> Datasets:
+    data = config.data
+    if data.cache_dir is not None:
+        train = LatentCacheDataset(data.cache_dir, expected=data)
+        skipped = []
+    else:
+        train = VideoFolderDataset(data.train_data_dir, data)
+        skipped = [dataclasses.asdict(s) for s in train.skipped]
+    validation = VideoFolderDataset(data.validation_data_dir, data) if data.validation_data_dir else None
+    logger.info("%d training clips (%d videos skipped)", len(train), len(skipped))
+    return Datasets(train, validation, skipped)
+
+
+def make_loader(config: FinetuneConfig, accelerator, dataset, start_micro_batch: int):
+    """Batches for this process, from global micro-batch `start_micro_batch` on (see `sampling`)."""
+    sampler = ResumableSampler(
+        len(dataset),
+        config.train.train_batch_size,
+        accelerator.num_processes,
+        accelerator.process_index,
+        config.train.seed,
+        start_micro_batch,
+    )
+    return torch.utils.data.DataLoader(
+        KeyedDataset(dataset),
+        batch_size=config.train.train_batch_size,
+        sampler=sampler,
+        num_workers=config.data.dataloader_num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def encode_batch(batch: dict, models: Models, config: FinetuneConfig, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents (B, C, F, h, w) float32 and prompt embeddings (B, L, D), from the cache or encoded now."""
+    from ..data.encode import encode_prompts, encode_videos
+
+    if "latents" in batch:
+        return batch["latents"].to(device, torch.float32), batch["prompt_embeds"].to(device)
+    latents = encode_videos(models.vae, batch["pixel_values"])
+    texts, length = list(batch["text"]), config.data.max_sequence_length
+    prompt_embeds = encode_prompts(models.tokenizer, models.text_encoder, texts, length)
+    return latents.to(device), prompt_embeds.to(device)
+
+
+# 3. Models
+
+
+def load_models(config: FinetuneConfig, accelerator, encode_on_the_fly: bool) -> Models:
+    from diffusers import WanTransformer3DModel
+
+    from ..data.encode import encode_prompts, load_frozen_encoders
+
+    path, revision = config.model.pretrained_model_name_or_path, config.model.revision
+    # Checks that need the base transformer's config.json: read it, no weights yet.
+    base_config = WanTransformer3DModel.load_config(path, subfolder="transformer", revision=revision)
+    check_against_transformer(config, base_config)
+    text_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    encodes_clips = encode_on_the_fly or bool(config.data.validation_data_dir)
+    with zero3_init_disabled():
+        # The VAE in float32 like precompute's default, so cached and on-the-fly latents agree.
+        encoders = load_frozen_encoders(
+            path, revision=revision, text_dtype=text_dtype, device=accelerator.device, with_vae=encodes_clips
+        )
+        empty_prompt_embeds = encode_prompts(
+            encoders.tokenizer, encoders.text_encoder, [""], config.data.max_sequence_length
+        )[0]
+        # Under DeepSpeed bf16 the engine casts the weights to bf16 anyway (its fp32 master copy is
+        # made from them), so load them in bf16 and halve the peak host memory.
+        transformer = LaCTWanTransformer3DModel.from_wan(
+            path, subfolder="transformer", torch_dtype=input_dtype(accelerator), **lact_config(config)
+        )
+    if config.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    text_encoder = encoders.text_encoder if encodes_clips else None  # else the cache holds the prompt embeddings
+    return Models(transformer, encoders.tokenizer, text_encoder, encoders.vae, empty_prompt_embeds)
+
+
+def trainable_parameters(accelerator, model) -> list[torch.nn.Parameter]:
+    return [p for p in accelerator.unwrap_model(model).parameters() if p.requires_grad]
+
+
+def full_numel(params) -> int:
+    """Weights in `params`, counted whole also when ZeRO-3 has partitioned them."""
+    return sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params)
+
+
+# 4. Trainable weights and optimizer
+
+
+def make_optimizer(config: FinetuneConfig, transformer):
+    """AdamW over the weights `set_trainable` left trainable, in groups, and its lr schedule."""
+    from diffusers.optimization import get_scheduler
+
+    optim = config.optimizer
+    groups = parameter_groups(transformer, optim.learning_rate, optim.new_params_lr_multiplier)
+    for group in groups:
+        numel = sum(p.numel() for p in group["params"])
+        name, tensors, lr = group["name"], len(group["params"]), group["lr"]
+        logger.info("Param group %s: %d tensors, %d weights, lr %g", name, tensors, numel, lr)
+    optimizer = torch.optim.AdamW(
+        groups,
+        lr=optim.learning_rate,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        weight_decay=optim.adam_weight_decay,
+        eps=optim.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        optim.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=optim.lr_warmup_steps,
+        num_training_steps=config.train.max_train_steps,
+    )
+    return optimizer, lr_scheduler
+
+
+# 5. accelerate's prepare, EMA and checkpoints
+
+
+def prepare(config: FinetuneConfig, accelerator, transformer, optimizer, lr_scheduler) -> Prepared:
+    """`accelerator.prepare` (DeepSpeed partitions the weights here), then the EMA of the prepared weights."""
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    return Prepared(transformer, optimizer, lr_scheduler, make_ema(config, accelerator, transformer))
+
+
+def make_ema(config: FinetuneConfig, accelerator, transformer) -> ShardedEMA | None:
+    """EMA of the trainable weights, each rank keeping its ZeRO-3 slice (see lact_video.training.ema)."""
+    if not config.ema.use_ema:
+        return None
+    return ShardedEMA(trainable_parameters(accelerator, transformer), config.ema.ema_decay)
+
+
+def resume(config: FinetuneConfig, accelerator, ema) -> tuple[int, str | None]:
+    """(global step, checkpoint) after restoring `train.resume_from_checkpoint`, or (0, None)."""
+    path = checkpointing.resolve_resume(config.train.output_dir, config.train.resume_from_checkpoint)
+    if path is None:
+        if config.train.resume_from_checkpoint:
+            logger.info("No complete checkpoint in %s; starting from step 0", config.train.output_dir)
+        return 0, None
+    marker = checkpointing.load_checkpoint(accelerator, path, ema)
+    logger.info("Resumed from %s at step %d", path, marker["step"])
+    return marker["step"], str(path)
+
+
+def write_run_info(config, accelerator, transformer, datasets: Datasets, global_step, resumed_from) -> None:
+    """train_info.json: how ZeRO-3 split the weights on every rank, the parameters, the data."""
+    from accelerate.utils import gather_object
+
+    model = accelerator.unwrap_model(transformer)
+    partition = gather_object([{"rank": accelerator.process_index, **partition_report(model)}])
+    if not accelerator.is_main_process:
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    info = {
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "zero_stage": plugin.zero_stage if plugin is not None else None,
+        "mixed_precision": accelerator.mixed_precision,
+        "partition": partition,
+        "parameters": {
+            "total": full_numel(model.parameters()),
+            "trainable": full_numel(p for p in model.parameters() if p.requires_grad),
+            "new": full_numel(new_parameters(model)),
+        },
+        "tokens_per_chunk": chunk_tokens(config, model),
+        "timestep_shift": timestep_shift(config, model),
+        "train_samples": len(datasets.train),
+        "skipped_videos": datasets.skipped,
+        "start_step": global_step,
+        "resumed_from": resumed_from,
+    }
+    path = pathlib.Path(config.train.output_dir) / "train_info.json"
+    path.write_text(json.dumps(info, indent=1, default=str))
+
+
+# 6. Training
+
+
+def chunk_tokens(config: FinetuneConfig, model) -> int:
+    data = config.data
+    h, w = data.height // VAE_SPATIAL_FACTOR, data.width // VAE_SPATIAL_FACTOR
+    return tokens_per_chunk(data.chunk_frames, h, w, model.config.patch_size)
+
+
+def timestep_shift(config: FinetuneConfig, model) -> float:
+    fm = config.flow_matching
+    if fm.shift_rule is ShiftRule.token_following:
+        return token_following_shift(chunk_tokens(config, model))
+    return fm.shift
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What every micro-step needs besides the config and the models, worked out once per run."""
+
+    shift: float  # the timestep shift s of `flow_matching.shift_timesteps`
+    dtype: torch.dtype  # the model's input dtype (`input_dtype`)
+    params: list[torch.nn.Parameter]  # the trainable weights, for gradient clipping
+
+
+def train(config, accelerator, prepared: Prepared, models: Models, datasets: Datasets, global_step: int) -> int:
+    """The training loop from `global_step` to `train.max_train_steps`; returns the last step."""
+    from accelerate.utils import tqdm
+
+    train_cfg = config.train
+    output_dir = pathlib.Path(train_cfg.output_dir)
+    shift = timestep_shift(config, accelerator.unwrap_model(prepared.transformer))
+    settings = StepSettings(shift, input_dtype(accelerator), trainable_parameters(accelerator, prepared.transformer))
+    start_micro_batch = global_step * train_cfg.gradient_accumulation_steps
+    batches = iter(make_loader(config, accelerator, datasets.train, start_micro_batch=start_micro_batch))
+    metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator)
+    progress = tqdm(total=train_cfg.max_train_steps, initial=global_step, desc="Steps", main_process_only=True)
+    validate = functools.partial(
+        validation_loss, config, accelerator, prepared.transformer, models, datasets.validation, settings.dtype
+    )
+    starting = global_step < train_cfg.max_train_steps
+    if starting and train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
+        metrics.log(global_step, validate(global_step))  # the baseline, before the first step
+
+    while global_step < train_cfg.max_train_steps:
+        # 1. One optimizer step
+        record = train_step(config, accelerator, prepared, models, settings, batches, global_step + 1)
+        global_step += 1
+
+        # 2. Log: the total loss beside the loss of every chunk index
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{next(iter(record['lr'].values())):.2e}")
+        metrics.write(global_step, record)
+        if global_step % train_cfg.logging_steps == 0:
+            accelerator.log(tracker_logs(record), step=global_step)
+
+        # 3. Checkpoint and validate
+        if global_step % train_cfg.checkpointing_steps == 0 or global_step == train_cfg.max_train_steps:
+            limit, info = train_cfg.checkpoints_total_limit, {"loss": record["loss"]}
+            checkpointing.save_checkpoint(accelerator, output_dir, global_step, prepared.ema, limit, info)
+        if train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
+            metrics.log(global_step, validate(global_step))
+    progress.close()
+    metrics.close()
+    return global_step
+
+
+def train_step(config, accelerator, prepared: Prepared, models: Models, settings: StepSettings, batches, step) -> dict:
+    """Optimizer step `step` over `gradient_accumulation_steps` micro-batches; returns its metrics.jsonl record."""
+    accumulation = config.train.gradient_accumulation_steps
+    timer = StepTimer()
+    totals, grad_norm = 0.0, None
+
+    # 1. Forward and backward over the micro-batches; the last one clips and steps the optimizer
+    for _ in range(accumulation):
+        with timer("data_wait_s"):
+            batch = next(batches)
+        with accelerator.accumulate(prepared.transformer):
+            reduced, micro_grad_norm = micro_step(config, accelerator, prepared, models, settings, batch, timer, step)
+        if micro_grad_norm is not None:  # only the micro-step that syncs gradients clips them
+            grad_norm = micro_grad_norm
+        totals = totals + reduced / accumulation
+
+    # 2. Schedule and EMA
+    groups = prepared.optimizer.param_groups
+    lrs = {group.get("name", str(i)): group["lr"] for i, group in enumerate(groups)}  # this step's
+    prepared.lr_scheduler.step()
+    if prepared.ema is not None:
+        prepared.ema.step()
+
+    # 3. The record: the process-mean losses, the rates, the timings
+    record = {"loss": totals[0].item(), "chunk_losses": totals[1:].tolist(), "lr": lrs, "grad_norm": grad_norm}
+    record.update(timer.totals(), step_time_s=timer.elapsed())
+    return record
+
+
+def micro_step(config, accelerator, prepared: Prepared, models: Models, settings: StepSettings, batch, timer, step):
+    """Forward and backward of one micro-batch, inside `accelerator.accumulate`.
+
+    Returns the process-mean `[loss, *chunk_losses]` (1 + N,) on the CPU, and the gradient norm
+    (None unless gradients synced here and the backend reports one). Raises `NonFiniteLossError`.
+    """
+    output_dir = config.train.output_dir
+    with timer("encode_s"):
+        latents, prompt_embeds = encode_batch(batch, models, config, accelerator.device)
+    positions = batch["position"].tolist()
+    loss, chunk_losses = batch_loss(
+        config, prepared.transformer, models, latents, prompt_embeds, positions, settings.shift, settings.dtype
+    )
+    # One all-reduce and one host sync per micro-step: every rank sees the same value, so
+    # all of them stop together (a lone rank stopping would hang the others).
+    reduced = accelerator.reduce(torch.cat([loss.detach()[None], chunk_losses]), "mean").cpu()
+    check_finite(reduced, "loss", step, output_dir)
+    accelerator.backward(loss)
+    grad_norm = None
+    if accelerator.sync_gradients:
+        grad_norm = accelerator.clip_grad_norm_(settings.params, config.optimizer.max_grad_norm)
+        if grad_norm is not None:
+            grad_norm = float(grad_norm)
+            check_finite(torch.tensor(grad_norm), "gradient norm", step, output_dir)
+    prepared.optimizer.step()
+    prepared.optimizer.zero_grad()
+    return reduced, grad_norm
+
+
+def batch_loss(config, transformer, models: Models, latents, prompt_embeds, positions, shift, dtype):
+    """The loss of one micro-batch: per-sample seeded times, noise and caption dropout, then teacher forcing."""
+    fm, k = config.flow_matching, config.data.chunk_frames
+    t_raw, noise, drop = draw_sample_randomness(
+        positions,
+        seed=config.train.seed,
+        latent_shape=tuple(latents.shape[1:]),
+        num_repeat=config.model.lact.num_repeat,
+        chunk_frames=k,
+        sampling=fm.timestep_sampling,
+        logit_mean=fm.logit_mean,
+        logit_std=fm.logit_std,
+        caption_dropout=fm.caption_dropout,
+    )
+    device = latents.device
+    t_raw, noise, drop = t_raw.to(device), noise.to(device), drop.to(device)
+    empty = models.empty_prompt_embeds.to(device, prompt_embeds.dtype)
+    prompt_embeds = torch.where(drop[:, None, None], empty, prompt_embeds)  # caption dropout, for CFG
+    weights = None
+    if fm.loss_weighting is LossWeighting.logit_normal:
+        weights = logit_normal_density(t_raw, fm.logit_mean, fm.logit_std)  # at the unshifted t
+    t = shift_timesteps(t_raw, shift)
+    return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype)
+
+
+def check_finite(value: torch.Tensor, what: str, step: int, output_dir) -> None:
+    if not torch.isfinite(value).all():
+        found = checkpointing.list_checkpoints(output_dir)
+        last = f"the last checkpoint, {found[-1][1]}, is untouched" if found else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"Non-finite {what} ({value.tolist()}) at step {step}: stopping. {last}. Lower the learning rate, "
+            "check the data (a NaN in a latent?), or resume from the checkpoint with other settings."
+        )
+
+
+def tracker_logs(record: dict) -> dict:
+    """A step's record as tracker scalars: loss, per-chunk losses, rates, data-wait share, grad norm."""
+    logs = {"loss": record["loss"], "data_wait_share": record["data_wait_s"] / record["step_time_s"]}
+    logs.update({f"loss_chunk/{i}": v for i, v in enumerate(record["chunk_losses"])})
+    logs.update({f"lr/{name}": lr for name, lr in record["lr"].items()})
+    if record["grad_norm"] is not None:
+        logs["grad_norm"] = record["grad_norm"]
+    return logs
+
+
+class StepTimer:
+    """Wall time of named phases within one step (`with timer("data_wait_s"): ...`), and of the step."""
+
+    def __init__(self):
+        self.start, self._totals = time.perf_counter(), {"data_wait_s": 0.0, "encode_s": 0.0}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self._totals[name] = self._totals.get(name, 0.0) + time.perf_counter() - start
+
+    def totals(self) -> dict:
+        return dict(self._totals)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+class MetricsLog:
+    """`metrics.jsonl` (main process, one line per step, flushed) and the trackers."""
+
+    def __init__(self, path: pathlib.Path, accelerator):
+        self.accelerator = accelerator
+        self.stream = open(path, "a") if accelerator.is_main_process else None
+
+    def write(self, step: int, record: dict) -> None:
+        if self.stream is not None:
+            self.stream.write(json.dumps({"step": step, **record}) + "\n")
+            self.stream.flush()
+
+    def log(self, step: int, values: dict) -> None:
+        """Scalars to the trackers and to metrics.jsonl."""
+        self.accelerator.log(values, step=step)
+        self.write(step, values)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+
+
+@torch.no_grad()
+def validation_loss(config, accelerator, transformer, models: Models, dataset, dtype, global_step: int) -> dict:
+    """The per-chunk validation report (lact_video.evaluation) on the held-out clips.
+
+    The same numbers as `finetune/validate.py`: fixed noise levels, noise seeded per clip. The main
+    process writes the report files to `output_dir/validation/step-<N>/`; the trackers get the
+    per-chunk means.
+    """
+
+    def clip_at(index):
+        item = dataset[index]
+        return encode_batch({"pixel_values": item["pixel_values"][None], "text": [item["text"]]}, models, config, accelerator.device)
+
+    result = per_chunk_loss(
+        transformer,
+        clip_at,
+        len(dataset),
+        config.train.validation_noise_levels,
+        seed=config.train.seed,
+        dtype=dtype,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        reduce_sum=lambda x: accelerator.reduce(x, "sum"),
+    )
+    if accelerator.is_main_process:
+        folder = pathlib.Path(config.train.output_dir) / "validation" / f"step-{global_step}"
+        write_report({f"step {global_step}": result}, folder, title=f"Validation loss per frame chunk, step {global_step}")
+    chunk = result.mean_per_chunk.tolist()
+    return {"val/loss": sum(chunk) / len(chunk), **{f"val/loss_chunk/{i}": v for i, v in enumerate(chunk)}}
+
+
+# 7. Export
+
+
+def export(config: FinetuneConfig, accelerator, prepared: Prepared) -> pathlib.Path:
+    export_dir = pathlib.Path(config.train.export_dir or config.train.output_dir)
+    use_ema = prepared.ema if config.ema.export_ema else None
+    path = export_pipeline(
+        accelerator,
+        prepared.transformer,
+        config.model.pretrained_model_name_or_path,
+        export_dir,
+        ema=use_ema,
+        revision=config.model.revision,
+        extra_files={"finetune_config.yaml": to_yaml(config)},
+    )
+    logger.info("Exported the %s weights as a diffusers pipeline to %s", "EMA" if use_ema else "raw", path)
+    return path
+

@@ -1,0 +1,94 @@
+"""Generate a video of any length with LaCTVideoPipeline, streamed to an mp4 chunk by chunk.
+
+    python scripts/generate.py --model DIR --prompt "a red car drives down a mountain road" \\
+        --num_frames 241 --height 480 --width 832 --output video.mp4
+
+`DIR` is a LaCT pipeline folder (exported by finetune/finetune.py, or `save_pretrained`), or a plain
+Wan2.1 diffusers folder with `--from_wan` (patched, untrained: window attention only; `--lact KEY=VALUE`
+sets the LaCT config, e.g. `--lact fw_head_dim=128 --lact chunk_frames=2`).
+"""
+
+import argparse
+import time
+
+import torch
+import yaml
+
+import lact_video
+from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
+
+from .pipeline_lact_video import LaCTVideoPipeline
+
+
+def lact_config(items: list[str], parser: argparse.ArgumentParser) -> dict:
+    """`--lact KEY=VALUE` items -> LaCT config keys for `from_wan`; values are YAML (768, null, [0, 1], true)."""
+    config = {"chunk_frames": 3}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in LACT_CONFIG_KEYS:
+            parser.error(f"--lact {item!r}: expected KEY=VALUE with KEY one of {', '.join(LACT_CONFIG_KEYS)}")
+        try:
+            config[key] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            parser.error(f"--lact {item!r}: the value is not valid YAML ({error.problem}), e.g. lact_blocks=[0, 1]")
+    return config
+
+
+def main(argv=None) -> None:
+    """Parse `argv` (see the module docstring), generate and write the video."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--from_wan", action="store_true", help="DIR is a plain Wan2.1 folder: patch it")
+    parser.add_argument(
+        "--lact", action="append", default=[], metavar="KEY=VALUE",
+        help="with --from_wan, a LaCT config key (repeatable; default chunk_frames=3, the model's defaults otherwise)",
+    )
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative_prompt", default=None)
+    parser.add_argument("--num_frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--steps", type=int, default=50, help="denoising steps per chunk")
+    parser.add_argument("--guidance_scale", type=float, default=5.0)
+    parser.add_argument("--max_sequence_length", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fps", type=int, default=16)
+    parser.add_argument("--output", default="video.mp4")
+    parser.add_argument(
+        "--compile", nargs="?", const="full", choices=["full", "regional"],
+        help="torch.compile the transformer (fullgraph), compiling during the first two chunks: 'full' (the default) "
+        "builds 5 graphs of the whole model; 'regional' builds 4 of one block, shared by all blocks, so the "
+        "warm-up does not grow with the number of blocks",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")
+    args = parser.parse_args(argv)
+    if args.lact and not args.from_wan:
+        parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if args.from_wan:
+        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **lact_config(args.lact, parser))
+    else:
+        pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    pipe.to(device)
+    if args.compile == "full":
+        pipe.transformer.compile(fullgraph=True)
+    elif args.compile == "regional":
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    start = time.perf_counter()
+    out = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        max_sequence_length=args.max_sequence_length,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_path=args.output,
+        fps=args.fps,
+    )
+    print(f"Wrote {out.video_paths[0]} ({args.num_frames} frames) in {time.perf_counter() - start:.1f} s")
+
