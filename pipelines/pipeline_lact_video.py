@@ -404,7 +404,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
         yield from self._generate(_GenerationSettings.from_arguments(arguments.arguments))
 
     # inference_mode rather than no_grad: a chunk's forward is a few hundred small kernels, and skipping
-    # autograd's view and version bookkeeping on each makes it ~4% faster. Yielded tensors are copied out
+    # autograd's view and version bookkeeping on each pays (README, Benchmarks). Yielded tensors are copied out
     # of inference mode (`_as_normal_tensor`), so callers may still modify them in place.
     @torch.inference_mode()
     def _generate(self, settings: _GenerationSettings) -> Iterator[np.ndarray | torch.Tensor | list]:

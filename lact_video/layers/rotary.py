@@ -5,8 +5,8 @@ the noisy and clean segments of chunk `i` the same frame positions `i*k .. i*k+k
 needs chunk `i` alone, so we index the module's own frequency tables by frame instead.
 
 Wan rotates interleaved channel pairs `(x1, x2)` into `(x1 cos - x2 sin, x1 sin + x2 cos)`: one
-complex product. Eager PyTorch on the CPU does it as one vectorised complex op, about 8x faster than
-Wan's eight strided real ops; inductor cannot generate code for complex ops, so a compiled graph
+complex product. Eager PyTorch on the CPU does it as one vectorised complex op, much faster than
+Wan's eight strided real ops (README, Benchmarks); inductor cannot generate code for complex ops, so a compiled graph
 spells out the same product in real arithmetic, which it fuses. The tables hold `(cos, sin)` per
 pair in a real tensor so that both paths read them without conversion.
 """

@@ -15,7 +15,7 @@ import torch
 
 
 def skip_deepspeed_shm_build() -> None:
-    """Without CUDA, stop DeepSpeed JIT-compiling its shared-memory comm op (60-80 s; training never uses it).
+    """Without CUDA, stop DeepSpeed JIT-compiling its shared-memory comm op (a minute or more; training never uses it).
 
     The attribute is set on the module object from `sys.modules`: `import deepspeed.comm.torch as m`
     binds the real `torch` package (deepspeed.comm re-exports a `torch` name), so setting it through
