@@ -108,7 +108,8 @@ def test_old_keywords_of_from_wan_warn_and_mean_the_new_keys(wan):
 
 
 def test_old_keywords_of_the_pipeline_and_generate_lact(tiny_wan_dir, tmp_path):
-    items = generate_lact_config(["chunk_frames=2", "fw_head_dim=12", "base_lr=0.05", "inter_multi=3"], argparse.ArgumentParser())
+    lact = ["chunk_frames=2", "fw_head_dim=12", "base_lr=0.05", "inter_multi=3"]
+    items = generate_lact_config(lact, argparse.ArgumentParser())  # `--lact KEY=VALUE`; an unknown key exits
     with warns_renamed("base_lr", "inter_multi"):
         pipe = LaCTVideoPipeline.from_pretrained(tiny_wan_dir, **items)  # a plain Wan folder: patched as from_wan
     assert {k: pipe.transformer.config[k] for k in new_keys()} == new_keys()
@@ -154,9 +155,10 @@ def test_old_recipe_keys_load_the_same_config(tmp_path):
 
 
 def test_old_override_keys_load_the_same_config():
-    new = load_config(["--config", TINY, "model.variant=full_causal", "model.lact.fw_base_lr=0.05", "--fw_mlp_ratio", "3", *SOURCES])
+    new = ["model.variant=full_causal", "model.lact.fw_base_lr=0.05", "--fw_mlp_ratio", "3"]
+    old = ["--mode", "full_causal", "model.lact.base_lr=0.05", "--inter_multi=3"]  # short forms as today
+    expected = load_config(["--config", TINY, *new, *SOURCES])
     with warns_renamed("model.mode", "model.lact.base_lr", "model.lact.inter_multi"):
-        old = load_config(["--config", TINY, "--mode", "full_causal", "model.lact.base_lr=0.05", "--inter_multi=3", *SOURCES])
-    assert old == new
+        assert load_config(["--config", TINY, *old, *SOURCES]) == expected
     with pytest.raises(ValueError, match="unknown config key 'modee'"):
         load_config(["--config", TINY, "--modee", "swa"])
