@@ -6,7 +6,7 @@ Odd chunks are blank: the key is hidden. Chunks 2 and 4 show the key again. Wind
 one chunk back, a blank one, so on chunks 2 and 4 the key lies beyond its window; LaCT's memory
 and full block-causal attention can still reach it.
 
-The three modes train with `finetune/finetune.py` on the same data, seed, recipe
+The three variants (`model.variant`) train with `finetune/finetune.py` on the same data, seed, recipe
 (`configs/memory_task.yaml`) and step budget, from the same random base, and are compared by
 `finetune/validate.py` on held-out clips. The clips are built in latent space: the task is about
 the transformer's memory, and a random tiny VAE would only blur what the key is.
@@ -34,7 +34,7 @@ from lact_video.tiny import build_tiny_wan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "memory_task.yaml"
-MODES = ("lact", "swa", "full_causal")
+VARIANTS = ("lact", "swa", "full_causal")
 CHANNELS, SIZE, NUM_CHUNKS = 16, 8, 6  # latent channels, latent height/width, chunks of one frame
 GEOMETRY = {"height": 64, "width": 64, "num_frames": 21, "fps": 16.0, "max_sequence_length": 16}
 
@@ -82,7 +82,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--output_dir", default="outputs/memory_task")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per mode (batch 8)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per variant (batch 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training processes")
     args = parser.parse_args()
     out = (ROOT / args.output_dir).resolve()
@@ -91,32 +91,32 @@ def main():
     base = make_base(out / "base")
     train, val = write_cache(out / "train_cache", 4096, seed=0), write_cache(out / "val_cache", 64, seed=1)
 
-    # 2. Train every mode on the same budget
+    # 2. Train every variant on the same budget
     seconds = {}
-    for mode in MODES:
+    for variant in VARIANTS:
         start = time.perf_counter()
         run(
             "finetune.py", "--config", str(RECIPE), f"model.pretrained_model_name_or_path={base}",
-            f"model.mode={mode}", f"data.cache_dir={train}", f"train.output_dir={out / mode}",
+            f"model.variant={variant}", f"data.cache_dir={train}", f"train.output_dir={out / variant}",
             f"train.max_train_steps={args.steps}", threads=args.threads,
         )  # fmt: skip
-        seconds[mode] = time.perf_counter() - start
+        seconds[variant] = time.perf_counter() - start
 
-    # 3. Per-chunk report on held-out clips, identical noise for all modes
+    # 3. Per-chunk report on held-out clips, identical noise for all variants
     run(
-        "validate.py", "--data_dir", str(val), "--checkpoints", *(str(out / m) for m in MODES),
-        "--names", *MODES, "--output_dir", str(out / "report"), "--config", str(RECIPE),
+        "validate.py", "--data_dir", str(val), "--checkpoints", *(str(out / m) for m in VARIANTS),
+        "--names", *VARIANTS, "--output_dir", str(out / "report"), "--config", str(RECIPE),
         f"model.pretrained_model_name_or_path={base}", threads=args.threads,
     )  # fmt: skip
     results = json.loads((out / "report" / "per_chunk_loss.json").read_text())
-    late = {mode: sum(results[mode]["mean_per_chunk"][2:]) / (NUM_CHUNKS - 2) for mode in MODES}
+    late = {v: sum(results[v]["mean_per_chunk"][2:]) / (NUM_CHUNKS - 2) for v in VARIANTS}
     figures = {
         "lact_vs_swa_late_chunks": late["lact"] / late["swa"],
         "lact_vs_full_late_chunks": late["lact"] / late["full_causal"],
-        **{f"late_chunk_loss_{m}": late[m] for m in MODES},
-        **{f"mean_per_chunk_{m}": [round(x, 4) for x in results[m]["mean_per_chunk"]] for m in MODES},
-        **{f"train_seconds_{m}": seconds[m] for m in MODES},
-        "steps_per_mode": args.steps,
+        **{f"late_chunk_loss_{m}": late[m] for m in VARIANTS},
+        **{f"mean_per_chunk_{m}": [round(x, 4) for x in results[m]["mean_per_chunk"]] for m in VARIANTS},
+        **{f"train_seconds_{m}": seconds[m] for m in VARIANTS},
+        "steps_per_variant": args.steps,
         "threads": args.threads,
         "report": str(out / "report" / "report.md"),
     }

@@ -17,11 +17,11 @@ minVid keeps the ORIGINAL Wan parameter names. The mapping:
   keeps its names under `blocks.N.attn1.memory.` (same shapes and layouts: lr_proj head-major,
   qk_* [dim, 2] with [..., 0] for q); `ttt_scale_proj` (the scalar gate) becomes `memory.gate_proj`.
 
-The memory config is read off the tensors (fw_head_dim and inter_multi from w0's shape, lact_blocks
+The memory config is read off the tensors (fw_head_dim and fw_mlp_ratio from w0's shape, lact_blocks
 from the blocks that have w0, use_momentum from momentum_proj); the rest of the LaCT config is not in
 a state dict and comes from the flags. A checkpoint without any LaCT keys (Wan-AI's own release) is a
 plain Wan base: it gets a freshly initialised memory with a zero gate (pure window attention), sized
-by --fw_head_dim/--inter_multi/--lact_blocks/--use_momentum. vae, text_encoder, tokenizer and
+by --fw_head_dim/--fw_mlp_ratio/--lact_blocks/--use_momentum. vae, text_encoder, tokenizer and
 scheduler are copied unchanged from --base.
 """
 
@@ -38,7 +38,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
 from .models import LaCTWanTransformer3DModel
-from .models.transformer_lact_wan import LACT_CONFIG_KEYS
+from .models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS, MuonDtype, rename_deprecated
 from .training.export import local_model_folder, write_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,9 @@ _WRAPPERS = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.
 # Containers that training scripts wrap a state dict in, most specific first.
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "generator", "net")
 # Config keys read off the tensors; the flags may repeat them only if they agree.
-INFERRED_KEYS = ("fw_head_dim", "inter_multi", "lact_blocks", "use_momentum")
+INFERRED_KEYS = ("fw_head_dim", "fw_mlp_ratio", "lact_blocks", "use_momentum")
+# LaCT keys (also under their old names) that a LaCT folder given as --base carries: not Wan's.
+_LACT_NAMES = {*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS}
 
 
 def strip_prefixes(key: str) -> str:
@@ -95,7 +97,7 @@ def convert_minvid_state_dict(state_dict: dict, wan_config: dict) -> tuple[dict,
             base[name] = value
     converted.update(convert_wan_transformer_to_diffusers(base))  # pops from its argument: a fresh dict
 
-    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in LACT_CONFIG_KEYS}
+    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
     lact_config = infer_lact_config(converted, wan_config["num_layers"])
     # Only shapes are needed; a base has no memory keys to expect (any valid fw_head_dim will do).
     no_memory = {"lact_blocks": [], "fw_head_dim": wan_config["num_attention_heads"] * wan_config["attention_head_dim"]}
@@ -129,7 +131,7 @@ def infer_lact_config(converted: dict, num_layers: int) -> dict:
         raise ValueError(f"w0 of block {blocks[0]} has shape {shape}: dh={dh} is not a multiple of d={d}.")
     return {
         "fw_head_dim": d,
-        "inter_multi": dh // d,
+        "fw_mlp_ratio": dh // d,
         "lact_blocks": None if blocks == list(range(num_layers)) else blocks,
         "use_momentum": any(".attn1.memory.momentum_proj." in k for k in converted),
     }
@@ -202,7 +204,7 @@ def convert(
     **lact_settings,
 ) -> pathlib.Path:
     """Convert `checkpoint` and write the pipeline folder; `lact_settings` are LaCT config keys
-    (None = unset). For the inferred keys they must agree with the checkpoint."""
+    (None = unset; the deprecated names warn). For the inferred keys they must agree with the checkpoint."""
     output_dir = pathlib.Path(output_dir)
     base_folder = local_model_folder(str(base))
     if output_dir.resolve() == base_folder.resolve():
@@ -211,7 +213,8 @@ def convert(
     wan_config = dict(WanTransformer3DModel.load_config(str(base), subfolder="transformer"))
     state_dict, inferred = convert_minvid_state_dict(load_checkpoint(checkpoint, key), wan_config)
     settings = {k: v for k, v in lact_settings.items() if v is not None}
-    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in LACT_CONFIG_KEYS}
+    settings = rename_deprecated(settings, DEPRECATED_LACT_KEYS, "lact_video.convert")
+    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
 
     if inferred:
         num_layers = wan_config["num_layers"]
@@ -253,12 +256,13 @@ def main(argv=None) -> pathlib.Path:
     parser.add_argument("--chunk_frames", type=int, default=3, help="latent frames per chunk (paper: 3)")
     parser.add_argument("--window_size", type=int, help="window tokens into the previous chunk (default: all of it)")
     parser.add_argument("--use_muon", action="store_true")
-    parser.add_argument("--muon_dtype", choices=("float32", "float64", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--muon_dtype", choices=[d.value for d in MuonDtype], default=MuonDtype.float32.value)
     parser.add_argument("--num_repeat", type=int, default=1, help="noisy copies per chunk in teacher forcing")
     parser.add_argument("--no_weight_norm", dest="weight_norm", action="store_false")
     group = parser.add_argument_group("memory shape", "read off a LaCT checkpoint; set them for a plain Wan base")
     group.add_argument("--fw_head_dim", type=int)
-    group.add_argument("--inter_multi", type=int)
+    group.add_argument("--fw_mlp_ratio", type=int)
+    group.add_argument("--inter_multi", type=int, help=argparse.SUPPRESS)  # deprecated name of --fw_mlp_ratio
     group.add_argument("--lact_blocks", type=int, nargs="*", help="blocks with memory (none listed: window only)")
     group.add_argument("--use_momentum", action="store_true", default=None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {lact_video.__version__}")

@@ -15,17 +15,18 @@ import torch
 import yaml
 
 import lact_video
-from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
+from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 
 from .pipeline_lact_video import LaCTVideoPipeline
 
 
 def lact_config(items: list[str], parser: argparse.ArgumentParser) -> dict:
-    """`--lact KEY=VALUE` items -> LaCT config keys for `from_wan`; values are YAML (768, null, [0, 1], true)."""
+    """`--lact KEY=VALUE` items -> LaCT config keys for `from_wan` (which renames the deprecated ones, with a
+    warning); values are YAML (768, null, [0, 1], true)."""
     config = {"chunk_frames": 3}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in LACT_CONFIG_KEYS:
+        if not sep or key not in (*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS):
             parser.error(f"--lact {item!r}: expected KEY=VALUE with KEY one of {', '.join(LACT_CONFIG_KEYS)}")
         try:
             config[key] = yaml.safe_load(value)

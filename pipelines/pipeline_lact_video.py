@@ -30,7 +30,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from lact_video.models import LaCTWanTransformer3DModel
-from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
+from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
 
 from .streaming import Mp4StreamWriter, WanStreamingDecoder, video_paths
@@ -180,9 +180,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
             rope_max_seq_len: override the rotary table length (latent frames; the default of Wan2.1 is 1024).
                 It holds no weights, so raising it is free; it bounds how long a video can be.
             kwargs: LaCT config keys (`chunk_frames`, `window_size`, `fw_head_dim`, ...; see
-                `LaCTWanTransformer3DModel`); any other keyword goes to `WanPipeline.from_pretrained`.
+                `LaCTWanTransformer3DModel`; the deprecated names warn); any other keyword goes to
+                `WanPipeline.from_pretrained`.
         """
-        lact_config = {key: kwargs.pop(key) for key in LACT_CONFIG_KEYS if key in kwargs}
+        lact_config = {key: kwargs.pop(key) for key in (*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS) if key in kwargs}
         components = {}
         if rope_max_seq_len is not None:  # a config override: load the transformer ourselves
             dtype = torch_dtype
@@ -223,7 +224,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 "fast-weight memory is untrained (its gate is zero), so this is window attention only until finetuned."
             )
             return cls.from_wan(pretrained_model_name_or_path, **kwargs)
-        lact_keys = sorted(set(kwargs) & set(LACT_CONFIG_KEYS))
+        lact_keys = sorted(set(kwargs) & {*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS})
         if lact_keys:
             raise ValueError(
                 f"{lact_keys} configure the patching of a plain Wan2.1 folder, but {pretrained_model_name_or_path} "

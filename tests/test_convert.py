@@ -99,13 +99,13 @@ def test_round_trip_is_exact(model, tiny_wan_dir, tmp_path, fmt):
 
 def test_inferred_config(wan, model, wan_config):
     converted, config = convert_minvid_state_dict(minvid_layout(model), wan_config)
-    assert config == {"fw_head_dim": 12, "inter_multi": 2, "lact_blocks": [1], "use_momentum": True}
+    assert config == {"fw_head_dim": 12, "fw_mlp_ratio": 2, "lact_blocks": [1], "use_momentum": True}
     assert converted.keys() == model.state_dict().keys()
     # Memory everywhere, no momentum, a wider hidden layer: each read off the tensors.
     torch.manual_seed(0)
-    other = LaCTWanTransformer3DModel.from_wan(wan, fw_head_dim=8, inter_multi=3)
+    other = LaCTWanTransformer3DModel.from_wan(wan, fw_head_dim=8, fw_mlp_ratio=3)
     assert convert_minvid_state_dict(to_minvid_state_dict(other), wan_config)[1] == {
-        "fw_head_dim": 8, "inter_multi": 3, "lact_blocks": None, "use_momentum": False
+        "fw_head_dim": 8, "fw_mlp_ratio": 3, "lact_blocks": None, "use_momentum": False
     }
 
 

@@ -24,7 +24,8 @@ import lact_video.training.trainer
 from lact_video.data import precompute
 from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training.checkpointing import list_checkpoints
-from lact_video.training.config import LaCTConfig, check_against_transformer, lact_config, load_config
+from lact_video.models import LaCTConfig
+from lact_video.training.config import check_against_transformer, lact_config, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -207,7 +208,7 @@ def test_bad_settings_fail_before_any_model_loads(trainer, tmp_path):
 
 
 def test_config_overrides_and_recipes():
-    from lact_video.models.transformer_lact_wan import LACT_CONFIG_KEYS
+    from lact_video.models.lact_config import LACT_CONFIG_KEYS
 
     # every LaCT key of the model is a config field once (chunk_frames is the data's)
     assert set(LaCTConfig.__dataclass_fields__) | {"chunk_frames"} == set(LACT_CONFIG_KEYS)

@@ -311,7 +311,7 @@ def test_real_configs_on_meta_device(name):
     fw_head_dim = 768 if "1.3B" in name else 1280  # as in the recipes; must divide the model dim (1536 / 5120)
     with torch.device("meta"):
         base = WanTransformer3DModel(**config)
-        model = LaCTWanTransformer3DModel(**config, fw_head_dim=fw_head_dim, inter_multi=2)
+        model = LaCTWanTransformer3DModel(**config, fw_head_dim=fw_head_dim, fw_mlp_ratio=2)
         clean = torch.empty(1, 16, 21, 60, 104)
         noisy = torch.empty(1, 1, 16, 21, 60, 104)
         out = model(interleave_teacher_forcing(noisy, clean, 3), torch.zeros(1, 13), torch.empty(1, 512, 4096))

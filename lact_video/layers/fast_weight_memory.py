@@ -4,7 +4,7 @@ Spec Sec. 3b. At initialisation the output gate is `silu(0) = 0`, so a patched m
 pure window attention and reproduces pretrained Wan on a one-chunk clip.
 
 Shapes: `B` batch, `S` segments, `T` tokens per chunk, `C` model dim, `H`/`D` Wan attention
-heads/head dim, `Hf`/`d` fast-weight heads/head dim, `dh = inter_multi * d`.
+heads/head dim, `Hf`/`d` fast-weight heads/head dim, `dh = fw_mlp_ratio * d`.
 """
 
 import math
@@ -26,14 +26,14 @@ class FastWeightMemory(nn.Module):
         dim: int,
         attention_head_dim: int,
         fw_head_dim: int,
-        inter_multi: int,
+        fw_mlp_ratio: int,
         rule: UpdateRule,
         base_lr: float = 1e-3,
     ):
         super().__init__()
         self.num_heads = dim // fw_head_dim  # Hf
         self.head_dim = fw_head_dim  # d
-        self.hidden_dim = inter_multi * fw_head_dim  # dh
+        self.hidden_dim = fw_mlp_ratio * fw_head_dim  # dh
         self.attention_head_dim = attention_head_dim  # D, for the rotary layout
         self.rule = rule
         self.base_lr = base_lr

@@ -1,3 +1,4 @@
-from .transformer_lact_wan import MODES, LaCTTransformerOutput, LaCTWanTransformer3DModel
+from .lact_config import LaCTConfig
+from .transformer_lact_wan import VARIANTS, LaCTTransformerOutput, LaCTWanTransformer3DModel
 
-__all__ = ["MODES", "LaCTTransformerOutput", "LaCTWanTransformer3DModel"]
+__all__ = ["VARIANTS", "LaCTConfig", "LaCTTransformerOutput", "LaCTWanTransformer3DModel"]

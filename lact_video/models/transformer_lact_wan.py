@@ -45,32 +45,22 @@ from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout, check_chunking
 from ..state import ForwardMode, LaCTState, TextContext
-
-# Config keys that LaCT adds to a Wan transformer config.
-LACT_CONFIG_KEYS = (
-    "lact_blocks",
-    "chunk_frames",
-    "window_size",
-    "fw_head_dim",
-    "inter_multi",
-    "use_muon",
-    "use_momentum",
-    "weight_norm",
-    "muon_dtype",
-    "base_lr",
-    "num_repeat",
-    "attention_mode",
+from .lact_config import (
+    DEPRECATED_LACT_KEYS,
+    LACT_CONFIG_KEYS,
+    AttentionMode,
+    LaCTConfig,
+    MuonDtype,
+    Variant,
+    rename_deprecated,
 )
 
-# `attention_mode` values: LaCT's window, or the full-attention baseline of the reports.
-ATTENTION_MODES = ("window", "full_causal")
-
-# The model's modes for comparisons, as LaCT config overrides: LaCT itself, window attention only
+# The model's variants for comparisons, as LaCT config overrides: LaCT itself, window attention only
 # (sliding-window attention, SWA), and full block-causal attention (CausVid-style teacher forcing).
-MODES = {
-    "lact": {},
-    "swa": {"lact_blocks": []},
-    "full_causal": {"attention_mode": "full_causal", "lact_blocks": []},
+VARIANTS = {
+    Variant.lact: {},
+    Variant.swa: {"lact_blocks": []},
+    Variant.full_causal: {"attention_mode": AttentionMode.full_causal, "lact_blocks": []},
 }
 
 
@@ -131,21 +121,11 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
     Args (Wan's own): see `diffusers.WanTransformer3DModel`; the names and meanings are identical,
         so a Wan `config.json` plus the LaCT keys below is a valid config.
     Args (LaCT):
-        lact_blocks (`list[int]`, *optional*): blocks that get a fast-weight memory; `None` means all.
-            The others keep window attention only.
-        chunk_frames (`int`): latent frames per autoregressive chunk (`k`).
-        window_size (`int`, *optional*): how many trailing tokens of the previous clean chunk a noisy
-            chunk attends to; `None` means the whole previous chunk.
-        fw_head_dim (`int`): channels per fast-weight head (`d`); must divide the model dim.
-        inter_multi (`int`): fast-weight MLP hidden size as a multiple of `fw_head_dim`.
-        use_muon (`bool`): Newton-Schulz-orthogonalised updates.
-        use_momentum (`bool`): momentum across chunks, with a learned per-token gate.
-        weight_norm (`bool`): keep each fast-weight row at its initial norm after every update.
-        muon_dtype (`str`): precision of the Newton-Schulz iteration ("float32" or "bfloat16").
-        base_lr (`float`): fast-weight learning rate at initialisation.
-        num_repeat (`int`): noisy copies per chunk in the teacher-forcing sequence (`R`).
-        attention_mode (`str`): "window" (LaCT), or "full_causal", the full-attention baseline where
-            every segment sees all earlier clean chunks (cost grows with the video; for comparisons).
+        chunk_frames (`int`): latent frames per autoregressive chunk (`k`); clips must have a multiple of it.
+        The others are the fields of `lact_video.models.LaCTConfig` (its comments say what each does),
+        with its defaults; enum values may be given as their strings. Configs and keywords with the
+        deprecated names `base_lr` and `inter_multi` still load (`from_config`, `from_wan`), with a
+        FutureWarning.
     """
 
     _supports_gradient_checkpointing = True
@@ -173,18 +153,19 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         added_kv_proj_dim: int | None = None,
         rope_max_seq_len: int = 1024,
         pos_embed_seq_len: int | None = None,
-        lact_blocks: list[int] | None = None,
+        # LaCT: diffusers' `register_to_config` reads the keys from this signature; the defaults are LaCTConfig's.
+        lact_blocks: list[int] | None = LaCTConfig.lact_blocks,
         chunk_frames: int = 3,
-        window_size: int | None = None,
-        fw_head_dim: int = 768,
-        inter_multi: int = 2,
-        use_muon: bool = False,
-        use_momentum: bool = False,
-        weight_norm: bool = True,
-        muon_dtype: str = "float32",
-        base_lr: float = 1e-3,
-        num_repeat: int = 1,
-        attention_mode: str = "window",
+        window_size: int | None = LaCTConfig.window_size,
+        fw_head_dim: int = LaCTConfig.fw_head_dim,
+        fw_mlp_ratio: int = LaCTConfig.fw_mlp_ratio,
+        use_muon: bool = LaCTConfig.use_muon,
+        use_momentum: bool = LaCTConfig.use_momentum,
+        weight_norm: bool = LaCTConfig.weight_norm,
+        muon_dtype: MuonDtype | str = LaCTConfig.muon_dtype,
+        fw_base_lr: float = LaCTConfig.fw_base_lr,
+        num_repeat: int = LaCTConfig.num_repeat,
+        attention_mode: AttentionMode | str = LaCTConfig.attention_mode,
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -215,10 +196,10 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
                     num_attention_heads,
                     eps,
                     window_size,
-                    FastWeightMemory(dim, attention_head_dim, fw_head_dim, inter_multi, rule, base_lr)
+                    FastWeightMemory(dim, attention_head_dim, fw_head_dim, fw_mlp_ratio, rule, fw_base_lr)
                     if i in memory_blocks
                     else None,
-                    full_causal=attention_mode == "full_causal",
+                    full_causal=attention_mode == AttentionMode.full_causal,
                 ),
             )
             for i in range(num_layers)
@@ -243,8 +224,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         Args:
             wan: a `WanTransformer3DModel`, or a path/hub id of one (`subfolder="transformer"` for a
                 pipeline folder).
-            lact_config: LaCT config keys (see the class docstring).
+            lact_config: LaCT config keys (see the class docstring; the deprecated names warn).
         """
+        lact_config = rename_deprecated(lact_config, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_wan")
         unknown = set(lact_config) - set(LACT_CONFIG_KEYS)
         if unknown:
             raise ValueError(f"Unknown LaCT config keys {sorted(unknown)}; valid keys are {list(LACT_CONFIG_KEYS)}.")
@@ -269,6 +251,21 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             memory.reset_parameters()
             memory.to(reference.dtype)
         return model.eval()  # as diffusers' `from_pretrained` hands models back; training calls `.train()`
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' `ConfigMixin.from_config` (`from_pretrained` goes through it too), reading the
+        deprecated LaCT key names of folders saved before the renames, with a FutureWarning.
+
+        The renames happen before diffusers matches the config to the signature, so the new key holds the
+        old value in `model.config` (not in `_use_default_values`), and saving writes the new names only.
+        (diffusers' `_deprecated_kwargs` would also hand the old key to `register_to_config` as a "hidden"
+        key for compatible classes, so a re-saved folder would keep it.)
+        """
+        if isinstance(config, dict):  # else diffusers' deprecated config-as-a-path, which it loads itself
+            config = rename_deprecated(config, DEPRECATED_LACT_KEYS, f"{cls.__name__} config.json")
+        kwargs = rename_deprecated(kwargs, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_pretrained")
+        return super().from_config(config, return_unused_kwargs, **kwargs)
 
     def set_attention_backend(self, backend: str) -> None:
         """Run every attention of this model (window or full-causal self-attention, and the text
@@ -452,15 +449,16 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
     if config.fw_head_dim <= 0 or dim % config.fw_head_dim:
         choices = [d for d in range(64, dim + 1, 64) if dim % d == 0] or [dim]
         raise ValueError(f"fw_head_dim={config.fw_head_dim} must divide the model dim {dim}; e.g. one of {choices}.")
-    if config.inter_multi < 1:
-        raise ValueError(f"inter_multi must be >= 1; got {config.inter_multi}.")
+    if config.fw_mlp_ratio < 1:
+        raise ValueError(f"fw_mlp_ratio must be >= 1; got {config.fw_mlp_ratio}.")
     if config.chunk_frames < 1 or config.num_repeat < 1:
         raise ValueError(f"chunk_frames and num_repeat must be >= 1; got {config.chunk_frames}, {config.num_repeat}.")
     if config.window_size is not None and config.window_size < 1:
         raise ValueError(f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}.")
     if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
         raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
-    if config.attention_mode not in ATTENTION_MODES:
-        raise ValueError(f"attention_mode must be one of {ATTENTION_MODES}; got {config.attention_mode!r}.")
-    if config.muon_dtype not in ("float32", "float64", "bfloat16", "float16"):
-        raise ValueError(f"muon_dtype must be 'float32', 'float64', 'bfloat16' or 'float16'; got {config.muon_dtype!r}.")
+    modes, dtypes = tuple(m.value for m in AttentionMode), tuple(d.value for d in MuonDtype)
+    if config.attention_mode not in modes:
+        raise ValueError(f"attention_mode must be one of {modes}; got {config.attention_mode!r}.")
+    if config.muon_dtype not in dtypes:
+        raise ValueError(f"muon_dtype must be one of {dtypes}; got {config.muon_dtype!r}.")

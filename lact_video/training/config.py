@@ -27,7 +27,8 @@ from omegaconf import MISSING, OmegaConf
 from .. import __version__
 from ..data.config import DataConfig
 from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
-from ..models.transformer_lact_wan import MODES
+from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
+from ..models.transformer_lact_wan import VARIANTS
 from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
 
 
@@ -35,34 +36,6 @@ class Trainable(str, Enum):
     all = "all"  # every transformer weight
     lact_layers = "lact_layers"  # the LaCT attention layers: their pretrained q/k/v/o and the new memory
     new_params = "new_params"  # only the new fast-weight memory parameters
-
-
-@dataclass
-class LaCTConfig:
-    """The LaCT keys of `LaCTWanTransformer3DModel.from_wan`. `chunk_frames` is `data.chunk_frames`."""
-
-    # Blocks that get a fast-weight memory; null means all of them.
-    lact_blocks: list[int] | None = None
-    # Trailing tokens of the previous clean chunk a noisy chunk attends to; null = the whole chunk.
-    window_size: int | None = None
-    # Channels per fast-weight head (d); must divide the model dim.
-    fw_head_dim: int = 768
-    # Fast-weight MLP hidden size as a multiple of fw_head_dim.
-    inter_multi: int = 2
-    # Newton-Schulz-orthogonalised fast-weight updates (Muon).
-    use_muon: bool = False
-    # Momentum across chunks, with a learned per-token gate.
-    use_momentum: bool = False
-    # Keep every fast-weight row at its initial norm after each update.
-    weight_norm: bool = True
-    # Precision of the Newton-Schulz iteration: float32 or bfloat16.
-    muon_dtype: str = "float32"
-    # Fast-weight learning rate at initialisation.
-    base_lr: float = 1e-3
-    # Noisy copies of each chunk in the teacher-forcing sequence (R).
-    num_repeat: int = 1
-    # "window" (LaCT), or "full_causal": the full-attention baseline (cost grows with the video).
-    attention_mode: str = "window"
 
 
 @dataclass
@@ -74,7 +47,7 @@ class ModelConfig:
     lact: LaCTConfig = field(default_factory=LaCTConfig)
     # lact, or a baseline of the same model for comparisons: swa (window attention only; memory off)
     # or full_causal (every segment sees all earlier clean chunks). Overrides the lact keys it names.
-    mode: str = "lact"
+    variant: Variant = Variant.lact
     # Which transformer weights train: all, lact_layers or new_params.
     trainable: Trainable = Trainable.all
 
@@ -213,6 +186,7 @@ def _qualify(key: str, paths: list[str]) -> str:
 def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
     """`--config PATH` and the overrides, normalised to `dotted.key=value`."""
     config_path, overrides, paths = None, [], leaf_paths()
+    known = paths + list(DEPRECATED_FINETUNE_KEYS)  # old names qualify as they did (`--mode`), then get renamed
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -229,7 +203,8 @@ def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
         if key == "config":
             config_path = value
         else:
-            overrides.append(f"{_qualify(key.replace('-', '_'), paths)}={value}")
+            path = deprecated_key(_qualify(key.replace("-", "_"), known), DEPRECATED_FINETUNE_KEYS, "the command line")
+            overrides.append(f"{path}={value}")
         i += 1
     return config_path, overrides
 
@@ -247,11 +222,26 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
     config_path, overrides = split_argv(argv)
     merged = OmegaConf.structured(FinetuneConfig)
     if config_path is not None:
-        merged = OmegaConf.merge(merged, OmegaConf.load(config_path))
+        recipe = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)  # keeps ${...} interpolations
+        merged = OmegaConf.merge(merged, _rename_deprecated_keys(recipe, f"config {config_path}"))
     merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
     config = OmegaConf.to_object(merged)
     check_config(config)
     return config
+
+
+def _rename_deprecated_keys(tree: dict, where: str) -> dict:
+    """A recipe (or a run's finetune_config.yaml) as a plain dict, with the old keys of
+    `DEPRECATED_FINETUNE_KEYS` renamed in place (a FutureWarning each), before OmegaConf rejects them."""
+    for parent in sorted({old.rpartition(".")[0] for old in DEPRECATED_FINETUNE_KEYS}):  # "model" before "model.lact"
+        node = tree
+        for part in parent.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            renamed = rename_deprecated({f"{parent}.{k}": v for k, v in node.items()}, DEPRECATED_FINETUNE_KEYS, where)
+            node.clear()
+            node.update({path.removeprefix(f"{parent}."): value for path, value in renamed.items()})
+    return tree
 
 
 def to_yaml(config: FinetuneConfig) -> str:
@@ -290,8 +280,6 @@ def check_config(config: FinetuneConfig) -> None:
             raise ValueError(f"{key} must be >= 1, got {value}")
     if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
         raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {train.checkpoints_total_limit}")
-    if config.model.mode not in MODES:
-        raise ValueError(f"model.mode must be one of {tuple(MODES)}, got {config.model.mode!r}")
     if train.mixed_precision not in MIXED_PRECISION:
         raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train.mixed_precision!r}")
     if train.report_to not in REPORT_TO:
@@ -339,8 +327,8 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
 
 
 def lact_config(config: FinetuneConfig) -> dict:
-    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the mode, chunk_frames."""
-    return {**vars(config.model.lact), **MODES[config.model.mode], "chunk_frames": config.data.chunk_frames}
+    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the variant, chunk_frames."""
+    return {**vars(config.model.lact), **VARIANTS[config.model.variant], "chunk_frames": config.data.chunk_frames}
 
 
 REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"

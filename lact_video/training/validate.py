@@ -10,7 +10,7 @@ noise levels: a memory that works gives later chunks a lower loss than window at
 A checkpoint is:
 - a diffusers folder exported by finetune.py (or any `LaCTVideoPipeline.save_pretrained` folder);
 - a LaCT transformer folder (`config.json` of `LaCTWanTransformer3DModel`);
-- a plain Wan2.1 diffusers folder: patched with the config's LaCT settings, untrained (`model.mode`
+- a plain Wan2.1 diffusers folder: patched with the config's LaCT settings, untrained (`model.variant`
   picks lact, swa or full_causal);
 - a `checkpoint-<step>` folder of a finetune.py run (accelerate `save_state`, also ZeRO-3 shards);
   its run's `finetune_config.yaml` says how to build the model (the raw weights, not the EMA).
