@@ -51,6 +51,7 @@ import time
 import numpy as np
 import torch
 
+from lact_video.geometry import latent_size, video_num_frames
 from pipelines import LaCTVideoPipeline, WanStreamingDecoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def generation_kwargs(num_chunks: int, size: int, steps: int, seed: int = 0, tex
         negative_prompt=NEGATIVE,
         height=size,
         width=size,
-        num_frames=4 * 3 * num_chunks - 3,
+        num_frames=video_num_frames(3 * num_chunks),
         num_inference_steps=steps,
         guidance_scale=5.0,
         max_sequence_length=text_tokens,
@@ -204,7 +205,7 @@ def bench_speedup(
             pipe(**kwargs, output_type="np")
             total[name] = min(total.get(name, float("inf")), time.perf_counter() - start)
 
-    latents = torch.randn(1, 16, latent_frames, size // 8, size // 8)
+    latents = torch.randn(1, 16, latent_frames, *latent_size(size, size))
     decode = {}
     with torch.no_grad():
         start = time.perf_counter()
@@ -227,7 +228,7 @@ def bench_speedup(
         figures.update({"compile_warmup_s_wan": compile_s["wan"], "compile_warmup_s_lact": compile_s["lact"]})
     return {
         **{f"{key}{suffix}": value for key, value in figures.items()},
-        "speedup_frames": 4 * latent_frames - 3,
+        "speedup_frames": video_num_frames(latent_frames),
         "speedup_steps": steps,
         "speedup_repeats": repeats,
         "speedup_text_tokens": text_tokens,
@@ -273,7 +274,7 @@ def bench_text_context(base: str, size: int, text_tokens=(16, 512), calls: int =
     from lact_video.state import ForwardMode
 
     transformer = load_lact(base, SMALL_LACT).transformer
-    chunk = torch.randn(2, transformer.config.in_channels, SMALL_LACT["chunk_frames"], size // 8, size // 8)
+    chunk = torch.randn(2, transformer.config.in_channels, SMALL_LACT["chunk_frames"], *latent_size(size, size))
     text_dim = transformer.config.text_dim
     figures = {}
     with torch.no_grad():
@@ -326,8 +327,8 @@ def bench_call_cost(base: str, size: int, steps: int, latent_frames: int = 48, r
     text = torch.randn(2, 16, lact.config.text_dim)
     figures = {}
     for label, pixels in (("", size), ("_fixed", 16)):
-        chunk = torch.randn(2, lact.config.in_channels, k, pixels // 8, pixels // 8)
-        clip = torch.randn(1, wan.config.in_channels, latent_frames, pixels // 8, pixels // 8)
+        chunk = torch.randn(2, lact.config.in_channels, k, *latent_size(pixels, pixels))
+        clip = torch.randn(1, wan.config.in_channels, latent_frames, *latent_size(pixels, pixels))
         with torch.inference_mode():
             state = lact.init_state()
             for _ in range(2):  # a window and updated fast weights, as every chunk after the first has

@@ -15,6 +15,8 @@ from functools import cached_property
 
 import torch
 
+from .geometry import check_chunking
+
 
 @dataclass(frozen=True)
 class TeacherForcingLayout:
@@ -90,15 +92,3 @@ def interleave_timesteps(noisy_timesteps: torch.Tensor) -> torch.Tensor:
     both = torch.cat([per_chunk, per_chunk.new_zeros(b, n, 1)], dim=2).flatten(1)  # (B, N*(R+1))
     return both[:, :-1]
 
-
-def check_chunking(num_latent_frames: int, chunk_frames: int) -> int:
-    """Number of chunks in a clip; a clear error when the frames do not split into whole chunks."""
-    if num_latent_frames % chunk_frames:
-        ok = [n * chunk_frames for n in (num_latent_frames // chunk_frames, num_latent_frames // chunk_frames + 1)]
-        ok = [f for f in ok if f > 0]
-        raise ValueError(
-            f"{num_latent_frames} latent frames do not split into chunks of chunk_frames={chunk_frames}. "
-            f"Use {' or '.join(str(f) for f in ok)} latent frames (video frames = 4 * latent - 3: "
-            f"{' or '.join(str(4 * f - 3) for f in ok)})."
-        )
-    return num_latent_frames // chunk_frames

@@ -29,6 +29,15 @@ from diffusers.utils.torch_utils import get_module_execution_device, randn_tenso
 from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from lact_video.geometry import (
+    check_chunking,
+    denormalize_latents,
+    latent_num_frames,
+    latent_size,
+    round_num_frames,
+    vae_scale_factors,
+    video_num_frames,
+)
 from lact_video.models import LaCTWanTransformer3DModel
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
@@ -157,8 +166,8 @@ class LaCTVideoPipeline(DiffusionPipeline):
         self.register_modules(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, scheduler=scheduler
         )
-        self.vae_scale_factor_temporal = self.vae.config.scale_factor_temporal if getattr(self, "vae", None) else 4
-        self.vae_scale_factor_spatial = self.vae.config.scale_factor_spatial if getattr(self, "vae", None) else 8
+        vae_config = self.vae.config if getattr(self, "vae", None) else None
+        self.vae_scale_factor_temporal, self.vae_scale_factor_spatial = vae_scale_factors(vae_config)
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
 
     @classmethod
@@ -291,15 +300,12 @@ class LaCTVideoPipeline(DiffusionPipeline):
         """
         t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
         requested = num_frames
-        if num_frames % t != 1:
+        rounded = round_num_frames(num_frames, k, t)
+        num_frames, num_latent_frames = rounded.num_frames, rounded.latent_frames
+        if rounded.to_4n_plus_1:
             logger.warning(f"`num_frames - 1` has to be divisible by {t}. Rounding to the nearest number.")
-            num_frames = num_frames // t * t + 1
-        num_frames = max(num_frames, 1)
-        num_latent_frames = (num_frames - 1) // t + 1
-        if num_latent_frames % k:
-            num_latent_frames = max(num_latent_frames // k, 1) * k
-            num_frames = (num_latent_frames - 1) * t + 1
-            examples = ", ".join(str(k * n * t - t + 1) for n in (1, 2, 3))
+        if rounded.to_whole_chunks:
+            examples = ", ".join(str(video_num_frames(k * n, t)) for n in (1, 2, 3))
             logger.warning(
                 f"num_frames={requested} does not fill whole chunks of chunk_frames={k} latent frames: valid values "
                 f"are {t} * F - {t - 1} with F a multiple of {k} ({examples}, ...). Generating "
@@ -307,7 +313,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
             )
         limit = self.transformer.config.rope_max_seq_len
         if num_latent_frames > limit:
-            longest = (limit // k * k - 1) * t + 1
+            longest = video_num_frames(limit // k * k, t)
             raise ValueError(
                 f"num_frames={num_frames} needs {num_latent_frames} latent frames, past the transformer's rotary table "
                 f"(rope_max_seq_len={limit} latent frames: at most num_frames={longest}). The table holds no weights, "
@@ -336,8 +342,8 @@ class LaCTVideoPipeline(DiffusionPipeline):
         and no noise for the whole video is ever held. `latents`, if given, is the whole (B, C, F, h, w) noise.
         """
         k = self.transformer.config.chunk_frames
-        num_latent_frames = (num_frames - 1) // self.vae_scale_factor_temporal + 1
-        h, w = int(height) // self.vae_scale_factor_spatial, int(width) // self.vae_scale_factor_spatial
+        num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
+        h, w = latent_size(height, width, self.vae_scale_factor_spatial)
         shape = (batch_size, num_channels_latents, num_latent_frames, h, w)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
@@ -428,7 +434,8 @@ class LaCTVideoPipeline(DiffusionPipeline):
         if settings.output_path is not None and settings.output_type == "latent":
             raise ValueError("`output_path` writes decoded frames; it cannot be used with output_type='latent'.")
         num_frames = self.check_num_frames(settings.num_frames)
-        num_chunks = ((num_frames - 1) // self.vae_scale_factor_temporal + 1) // self.transformer.config.chunk_frames
+        num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
+        num_chunks = check_chunking(num_latent_frames, self.transformer.config.chunk_frames)
 
         self._guidance_scale = settings.guidance_scale
         self._current_timestep = None
@@ -642,17 +649,9 @@ class LaCTVideoPipeline(DiffusionPipeline):
         return prompt.embeds
 
     def _denormalize(self, latents: torch.Tensor) -> torch.Tensor:
-        """Undo the latent normalisation, exactly as `WanPipeline.__call__` does before decoding."""
+        """(B, C, f, h, w) latents on the VAE's device and in its dtype, the normalisation undone for decoding."""
         latents = latents.to(get_module_execution_device(self.vae), dtype=self.vae.dtype)
-        latents_mean = (
-            torch.tensor(self.vae.config.latents_mean)
-            .view(1, self.vae.config.z_dim, 1, 1, 1)
-            .to(latents.device, latents.dtype)
-        )
-        latents_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, self.vae.config.z_dim, 1, 1, 1).to(
-            latents.device, latents.dtype
-        )
-        return latents / latents_std + latents_mean
+        return denormalize_latents(latents, self.vae.config)
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)

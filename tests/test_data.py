@@ -19,16 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from lact_video.data import (
-    DataConfig,
-    LatentCacheDataset,
-    VideoFolderDataset,
-    check_video_geometry,
-    nearest_valid_num_frames,
-    read_metadata,
-)
+from lact_video.data import DataConfig, LatentCacheDataset, VideoFolderDataset, read_metadata
 from lact_video.data import precompute as precompute_module
 from lact_video.data.video_dataset import _DECORD_BAD_WIDTHS, resize_for_center_crop, sample_frame_indices
+from lact_video.geometry import check_video_geometry, nearest_valid_num_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 pytest.importorskip("decord")
@@ -290,7 +284,7 @@ def test_corrupt_frames_are_skipped_at_read_time(tmp_path, caplog):
 
 
 def test_latent_normalization_mirrors_wan_pipeline():
-    from lact_video.data.encode import denormalize_latents, normalize_latents
+    from lact_video.geometry import denormalize_latents, normalize_latents
 
     generator = torch.Generator().manual_seed(0)
     mean, std = torch.randn(4, generator=generator), torch.rand(4, generator=generator) + 0.5

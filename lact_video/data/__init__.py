@@ -1,11 +1,11 @@
-"""Training data: captioned video folders, the clip-geometry check, and the latent cache.
+"""Training data: its settings, captioned video folders, and the latent cache.
 
 The encoders live in `lact_video.data.encode`, imported on its own because it pulls in
 diffusers' Wan pipeline; everything here is cheap enough to check a config before any model
-loads.
+loads. The clip geometry (the 4F - 3 rule, whole chunks, sizes) is `lact_video.geometry`.
 """
 
-from lact_video.data.config import DataConfig, check_video_geometry, latent_num_frames, nearest_valid_num_frames
+from lact_video.data.config import DataConfig
 from lact_video.data.latent_cache import LatentCacheDataset, LatentCacheWriter, cache_geometry
 from lact_video.data.video_dataset import (
     SkippedVideo,
@@ -25,9 +25,6 @@ __all__ = [
     "VideoEntry",
     "VideoFolderDataset",
     "cache_geometry",
-    "check_video_geometry",
-    "latent_num_frames",
-    "nearest_valid_num_frames",
     "read_metadata",
     "scan_videos",
 ]

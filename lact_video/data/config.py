@@ -1,19 +1,12 @@
-"""Data settings for finetuning, and the clip-geometry check that runs before any model loads.
-
-Wan's VAE encodes the first video frame alone and every later group of 4 frames into one
-latent frame, so `num_frames = 4F - 3` video frames give `F` latent frames. It compresses
-space 8x, and the transformer's (1, 2, 2) patch embedding halves it again. LaCT cuts the `F`
-latent frames into chunks of `k = chunk_frames`, so `F` must be a multiple of `k`
-(lact-video-spec.md, section 1).
+"""Data settings for finetuning; `check_clip` checks the clip geometry (`lact_video.geometry`) before any
+model loads.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-VAE_TEMPORAL_FACTOR = 4
-# The VAE's 8x spatial compression times the transformer's 2x2 patches.
-SPATIAL_MULTIPLE = 16
+from lact_video.geometry import check_video_geometry, latent_num_frames
 
 
 @dataclass
@@ -62,47 +55,3 @@ class DataConfig:
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
 
-
-def latent_num_frames(num_frames: int) -> int:
-    """Latent frames F that Wan's VAE makes from `num_frames` (= 4F - 3) video frames."""
-    return (num_frames - 1) // VAE_TEMPORAL_FACTOR + 1
-
-
-def nearest_valid_num_frames(num_frames: int, chunk_frames: int) -> list[int]:
-    """The valid frame counts just below and just above `num_frames` (both when they exist).
-
-    Valid counts are `4 m k - 3` for m >= 1: 4n+1 frames whose latent count is a multiple of k.
-    """
-    step = VAE_TEMPORAL_FACTOR * chunk_frames
-    below = (num_frames + 3) // step * step - 3
-    if below == num_frames:
-        return [num_frames]
-    return [n for n in (below, below + step) if n >= 1]
-
-
-def check_video_geometry(num_frames: int, chunk_frames: int, height: int, width: int) -> None:
-    """Raise ValueError, with the fix, if Wan's VAE and LaCT's chunks cannot use this clip geometry."""
-    if chunk_frames < 1:
-        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
-    suggestion = " or ".join(str(n) for n in nearest_valid_num_frames(num_frames, chunk_frames))
-    if num_frames < 1 or (num_frames - 1) % VAE_TEMPORAL_FACTOR:
-        raise ValueError(
-            f"num_frames={num_frames} is not of the form 4n+1: Wan's VAE encodes the first frame "
-            f"alone, then 4 frames per latent frame. With chunk_frames={chunk_frames}, use {suggestion}."
-        )
-    latent_frames = latent_num_frames(num_frames)
-    if latent_frames % chunk_frames:
-        raise ValueError(
-            f"num_frames={num_frames} gives {latent_frames} latent frames, which do not split into "
-            f"chunks of chunk_frames={chunk_frames}. Use num_frames={suggestion} (4F-3 with F a "
-            f"multiple of {chunk_frames}), or change chunk_frames."
-        )
-    for name, size in (("height", height), ("width", width)):
-        if size < SPATIAL_MULTIPLE or size % SPATIAL_MULTIPLE:
-            lower = max(size // SPATIAL_MULTIPLE * SPATIAL_MULTIPLE, SPATIAL_MULTIPLE)
-            upper = (size // SPATIAL_MULTIPLE + 1) * SPATIAL_MULTIPLE
-            fix = " or ".join(str(n) for n in sorted({lower, upper}))
-            raise ValueError(
-                f"{name}={size} is not a positive multiple of {SPATIAL_MULTIPLE} (the VAE downsamples 8x, "
-                f"then the transformer patches 2x2): use {fix}."
-            )

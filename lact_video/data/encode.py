@@ -4,8 +4,7 @@
 the latent cache alike. Both the latent cache (`lact_video.data.precompute`) and on-the-fly
 training call these functions, so a cached run and an on-the-fly run see the same tensors. They mirror diffusers'
 `WanPipeline` (diffusers/pipelines/wan/pipeline_wan.py): `_get_t5_prompt_embeds` for the text,
-and for the latents the normalisation that `WanImageToVideoPipeline.prepare_latents` applies
-after encoding and `WanPipeline.__call__` undoes before decoding.
+and for the latents the normalisation of `lact_video.geometry.normalize_latents`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,8 @@ import torch
 from diffusers import AutoencoderKLWan
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from transformers import AutoTokenizer, UMT5EncoderModel
+
+from lact_video.geometry import normalize_latents
 
 
 @dataclass
@@ -50,27 +51,6 @@ def load_frozen_encoders(
         vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", revision=revision, torch_dtype=vae_dtype)
         vae.requires_grad_(False).eval().to(device)
     return FrozenEncoders(tokenizer, text_encoder, vae)
-
-
-def _latent_stats(vae_config, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE's per-channel latents_mean and 1/latents_std, shaped (1, C, 1, 1, 1) to broadcast."""
-    shape = (1, vae_config.z_dim, 1, 1, 1)
-    latents_mean = torch.tensor(vae_config.latents_mean).view(shape).to(like.device, like.dtype)
-    # As in WanPipeline, "latents_std" below holds the reciprocal of the config's std.
-    latents_std = 1.0 / torch.tensor(vae_config.latents_std).view(shape).to(like.device, like.dtype)
-    return latents_mean, latents_std
-
-
-def normalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
-    """Raw VAE latents (B, C, F, h, w) to the unit-scale latents the transformer works in."""
-    latents_mean, latents_std = _latent_stats(vae_config, latents)
-    return (latents - latents_mean) * latents_std
-
-
-def denormalize_latents(latents: torch.Tensor, vae_config) -> torch.Tensor:
-    """The inverse of `normalize_latents`, exactly as `WanPipeline.__call__` does before decoding."""
-    latents_mean, latents_std = _latent_stats(vae_config, latents)
-    return latents / latents_std + latents_mean
 
 
 @torch.no_grad()

@@ -38,12 +38,13 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from ..geometry import check_chunking
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
 from ..layers.rotary import chunk_rotary_emb
 from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
-from ..sequence import TeacherForcingLayout, check_chunking
+from ..sequence import TeacherForcingLayout
 from ..state import ForwardMode, LaCTState, TextContext
 from .lact_config import (
     DEPRECATED_LACT_KEYS,

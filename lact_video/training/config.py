@@ -27,6 +27,7 @@ from omegaconf import MISSING, OmegaConf
 from .. import __version__
 from ..data.config import DataConfig
 from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
+from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
 from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
@@ -318,7 +319,8 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
         raise ValueError(f"model.lact.lact_blocks={lact.lact_blocks} must be block indices in [0, {layers})")
     p_t, p_h, p_w = transformer_config["patch_size"]
     data = config.data
-    post_patch = (data.latent_frames // p_t, data.height // 8 // p_h, data.width // 8 // p_w)
+    h, w = latent_size(data.height, data.width)
+    post_patch = (data.latent_frames // p_t, h // p_h, w // p_w)
     if max(post_patch) > transformer_config["rope_max_seq_len"]:
         raise ValueError(
             f"the clip is {post_patch} (frames, height, width) after patching, beyond the transformer's "

@@ -34,6 +34,7 @@ import torch
 
 from ..data import LatentCacheDataset, VideoFolderDataset
 from ..evaluation import per_chunk_loss, write_report
+from ..geometry import latent_size
 from ..models import LaCTWanTransformer3DModel
 from . import checkpointing
 from .config import FinetuneConfig, check_against_transformer, lact_config, load_config, to_flat_dict, to_yaml
@@ -61,7 +62,6 @@ from .trainable import new_parameters, parameter_groups, set_trainable
 
 # The checkout this package runs from: accelerate configs name their DeepSpeed JSON relative to it.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-VAE_SPATIAL_FACTOR = 8  # Wan's VAE: latent height/width = pixels / 8
 logger = logging.getLogger("finetune")
 
 
@@ -352,7 +352,7 @@ def write_run_info(config, accelerator, transformer, datasets: Datasets, global_
 
 def chunk_tokens(config: FinetuneConfig, model) -> int:
     data = config.data
-    h, w = data.height // VAE_SPATIAL_FACTOR, data.width // VAE_SPATIAL_FACTOR
+    h, w = latent_size(data.height, data.width)
     return tokens_per_chunk(data.chunk_frames, h, w, model.config.patch_size)
 
 
