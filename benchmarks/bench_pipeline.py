@@ -1,6 +1,6 @@
 """LaCTVideoPipeline benchmarks: flat time and memory per chunk, and the speedup over full attention.
 
-Spec Sec. 5: "Time and memory per chunk do not grow with the video's length." Measured on the
+docs/design.md, Sec. 3.3: time and memory per chunk do not grow with the video's length. Measured on the
 tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on the CPU:
 
 - `chunk_time_growth`: 64-chunk generations (streamed); wall time of chunks 49..64 over the wall

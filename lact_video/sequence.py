@@ -1,4 +1,4 @@
-"""The interleaved teacher-forcing sequence (spec Sec. 2) and the grouped layout the model uses.
+"""The interleaved teacher-forcing sequence (docs/design.md, Sec. 2.1) and the grouped layout the model uses.
 
 Sequence order, with `R` noisy copies `n_i^r` and clean chunks `c_i` of `k` latent frames each:
 

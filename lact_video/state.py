@@ -1,4 +1,4 @@
-"""Explicit inference state for chunk-by-chunk generation (spec Sec. 5).
+"""Explicit inference state for chunk-by-chunk generation (docs/design.md, Sec. 3.3).
 
 The state is passed into the model and handed back, like `past_key_values`; modules never keep it.
 A denoising step reads it; a clean pass over a finished chunk returns a new one.

@@ -1,7 +1,7 @@
 """Text-to-video generation of any length with LaCT on Wan2.1, chunk by chunk, in diffusers.
 
 Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3; semantics in
-docs/lact-video-spec.md, Sec. 5 "Inference, chunk by chunk". Every chunk of `k` latent frames is
+docs/design.md, Sec. 3.3 "Chunk-by-chunk inference". Every chunk of `k` latent frames is
 denoised against the model's explicit `LaCTState` (fast weights + window keys/values of the chunks
 before it), then committed once as a clean chunk at t=0. Time and memory per chunk do not grow
 with the video's length, so `stream` can write a video of any length (up to the rotary table).

@@ -3,7 +3,7 @@
 Fast tests run the trainer in this process, on one process. The slow ones launch 2 processes
 with `accelerate launch` under DeepSpeed ZeRO-3 on the CPU, as users do, and check partitioning,
 equality with one process, and SIGKILL-then-resume. A launch's rank 1 sometimes aborts in gloo's
-teardown after all its work is done (docs/platform-notes.md), so launches are judged by the files
+teardown after all its work is done (docs/design.md, Sec. 7), so launches are judged by the files
 they wrote as well as by their exit code.
 """
 

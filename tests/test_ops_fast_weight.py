@@ -47,7 +47,7 @@ def test_manual_gradient_matches_autograd(d, dh, t):
     manual = fast_weight_gradient(FastWeights(*weights), k, v, lr)
     naive = naive_gradient(*weights, k, v, lr)
     for m in range(3):
-        # The spec's loss, with matrix m's per-token rates: L_m = -sum_j eta_m,j f_S(k_j) . v_j.
+        # The fast-weight loss (docs/design.md, Sec. 1.4), with matrix m's per-token rates: L_m = -sum_j eta_m,j f_S(k_j) . v_j.
         f = fast_weight_apply(FastWeights(*weights), k)
         loss = -(lr[..., m] * (f * v).sum(-1)).sum()
         (grad,) = torch.autograd.grad(loss, weights[m])

@@ -71,7 +71,7 @@ def with_scheduler(pipe, scheduler):
 
 @torch.no_grad()
 def reference_latents(pipe, prompts, seeds, num_chunks, steps, guidance_scale):
-    """Spec Sec. 5 written out plainly: one video and one guidance branch at a time, each with its own
+    """docs/design.md, Sec. 3.3 written out plainly: one video and one guidance branch at a time, each with its own
     state, a new scheduler for every chunk, and the chunk's noise drawn from that video's generator."""
     transformer, k = pipe.transformer, pipe.transformer.config.chunk_frames
     latent_size = SIZE // pipe.vae_scale_factor_spatial

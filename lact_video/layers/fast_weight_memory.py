@@ -1,6 +1,6 @@
 """The fast-weight memory branch of a LaCT layer: every new parameter of the layer lives here.
 
-Spec Sec. 3b. At initialisation the output gate is `silu(0) = 0`, so a patched model starts as
+docs/design.md, Sec. 1.4. At initialisation the output gate is `silu(0) = 0`, so a patched model starts as
 pure window attention and reproduces pretrained Wan on a one-chunk clip.
 
 Shapes: `B` batch, `S` segments, `T` tokens per chunk, `C` model dim, `H`/`D` Wan attention

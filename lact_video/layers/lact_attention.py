@@ -1,4 +1,4 @@
-"""LaCT attention: the drop-in replacement for a Wan block's self-attention (spec Sec. 3).
+"""LaCT attention: the drop-in replacement for a Wan block's self-attention (docs/design.md, Sec. 1.2).
 
 It keeps `WanAttention`'s parameter names (`to_q, to_k, to_v, to_out, norm_q, norm_k`) so that
 pretrained weights load unchanged, and adds the fast-weight memory as the `memory` submodule
@@ -45,7 +45,7 @@ class _SelfAttnProcessor:
 
 
 class WindowAttnProcessor(_SelfAttnProcessor):
-    """LaCT's window attention (spec Sec. 3a): a noisy chunk sees itself and the last `window` tokens of
+    """LaCT's window attention (docs/design.md, Sec. 1.3): a noisy chunk sees itself and the last `window` tokens of
     the previous clean chunk; a clean chunk sees only itself, and its tail is the state's next window.
 
     Args:

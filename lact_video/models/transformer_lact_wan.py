@@ -1,7 +1,7 @@
 """Wan2.1 text-to-video DiT with LaCT attention: an autoregressive, chunk-by-chunk video model.
 
 Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3 (AR video diffusion);
-semantics in docs/lact-video-spec.md. Every block's self-attention becomes `LaCTAttention`:
+semantics in docs/design.md. Every block's self-attention becomes `LaCTAttention`:
 block-sparse window attention plus, in the blocks listed by `lact_blocks`, a fast-weight memory
 updated on whole clean chunks.
 

@@ -1,6 +1,6 @@
 """accelerate + DeepSpeed set-up: the CPU-only fixes, and a report of how ZeRO-3 split the weights.
 
-See docs/platform-notes.md ("DeepSpeed ZeRO-3 on a CPU-only machine").
+See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA").
 """
 
 from __future__ import annotations

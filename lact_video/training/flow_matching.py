@@ -1,4 +1,4 @@
-"""The flow-matching objective of teacher-forced, chunk-by-chunk training (spec Sec. 4).
+"""The flow-matching objective of teacher-forced, chunk-by-chunk training (docs/design.md, Sec. 2.3).
 
 Pure functions, no modules. Per sample, per noisy copy and per chunk a time `t` in (0, 1) is
 drawn (uniform or logit-normal), shifted with `t' = s t / (1 + (s - 1) t)`, and the chunk is

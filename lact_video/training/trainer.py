@@ -2,7 +2,7 @@
 `finetune/finetune.py` and the `lact-video-finetune` console script.
 
 Paper: "Test-Time Training Done Right" (LaCT, arXiv 2505.23884), Sec. 5.3; the objective is
-docs/lact-video-spec.md, Sec. 2 and 4: teacher forcing over the interleaved noisy/clean chunk
+docs/design.md, Sec. 2: teacher forcing over the interleaved noisy/clean chunk
 sequence, flow matching on the noisy chunks, the loss reported per chunk.
 
     accelerate launch --config_file configs/accelerate/zero3_8gpu.yaml finetune/finetune.py \\

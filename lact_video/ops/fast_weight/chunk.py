@@ -1,4 +1,4 @@
-"""Large-chunk fast-weight memory: the fast path (LaCT paper, Sec. 3; spec Sec. 3b).
+"""Large-chunk fast-weight memory: the fast path (LaCT paper, Sec. 3; docs/design.md, Sec. 1.4).
 
 The memory is a SwiGLU MLP per (sample, head), `f_S(u) = W1 (silu(W0 u) * (W2 u))`, whose weights
 `S = (W0, W1, W2)` take one lr-weighted gradient step per *whole chunk* of clean tokens. Each step
@@ -37,7 +37,7 @@ class FastWeights(NamedTuple):
 
 @dataclass(frozen=True)
 class UpdateRule:
-    """How a chunk's gradient becomes a weight update (spec Sec. 3b, "Update")."""
+    """How a chunk's gradient becomes a weight update (docs/design.md, Sec. 1.4)."""
 
     momentum: bool = False  # dW <- dW + m * dW_prev, applied before Muon
     muon: bool = False  # replace dW by its Newton-Schulz orthogonalisation

@@ -1,6 +1,6 @@
 """Plain reference for the fast-weight memory: walks the interleaved sequence segment by segment.
 
-No fusions and no chunk grouping: every formula is written as in spec Sec. 3b, with explicit sums
+No fusions and no chunk grouping: every formula is written as in docs/design.md, Sec. 1.4, with explicit sums
 over tokens (einsum). Slow; used by the tests to pin down `chunk.py`.
 """
 
@@ -23,7 +23,7 @@ def naive_apply(w0, w1, w2, x):
 
 
 def naive_gradient(w0, w1, w2, k, v, lr):
-    """The three lr-weighted update directions, term by term as in the spec.
+    """The three lr-weighted update directions, term by term as in docs/design.md, Sec. 1.4.
 
     k, v: (B, T, d); lr: (B, T, 3). Returns (dW0 (B, dh, d), dW1 (B, d, dh), dW2 (B, dh, d)).
     """

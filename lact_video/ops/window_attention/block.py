@@ -1,4 +1,4 @@
-"""Block-sparse attention for the interleaved teacher-forcing sequence (spec Sec. 3a).
+"""Block-sparse attention for the interleaved teacher-forcing sequence (docs/design.md, Sec. 1.3).
 
 The mask is never materialised. Segments are grouped by what they may see, and each group is one
 batched attention call over chunk-sized pieces, so the cost is linear in the number of chunks:
