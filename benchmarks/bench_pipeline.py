@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import pathlib
@@ -261,7 +262,7 @@ def bench_step_time_by_length(base: str, size: int, lengths=(24, 48, 96), steps=
         f"step_latent_frames{suffix}": list(lengths),
         f"step_s_wan{suffix}": per_step["wan"],
         f"step_s_lact{suffix}": per_step["lact"],
-        f"step_speedup{suffix}": [w / l for w, l in zip(per_step["wan"], per_step["lact"])],
+        f"step_speedup{suffix}": [t_wan / t_lact for t_wan, t_lact in zip(per_step["wan"], per_step["lact"])],
     }
 
 
@@ -334,10 +335,11 @@ def bench_call_cost(base: str, size: int, steps: int, latent_frames: int = 48, r
             for _ in range(2):  # a window and updated fast weights, as every chunk after the first has
                 state = lact(chunk, torch.zeros(2), text, ForwardMode.COMMIT, state).state
             context = lact.encode_text(text)
-            lact_call = lambda: lact(chunk, torch.full((2,), 500.0), None, ForwardMode.DENOISE, state, text_context=context)
+            denoise = (chunk, torch.full((2,), 500.0), None, ForwardMode.DENOISE, state)
+            lact_call = functools.partial(lact, *denoise, text_context=context)
             lact_s = best_seconds_per_call({"lact": lact_call}, 16, repeats)["lact"]
         with torch.no_grad():
-            wan_call = lambda: wan(clip, torch.full((1,), 500.0), text[:1])
+            wan_call = functools.partial(wan, clip, torch.full((1,), 500.0), text[:1])
             wan_s = best_seconds_per_call({"wan": wan_call}, 2 if label == "" else 16, repeats)["wan"]
         figures[f"call_ms{label}_lact"], figures[f"call_ms{label}_wan"] = lact_s * 1e3, wan_s * 1e3
     chunks = latent_frames // k
