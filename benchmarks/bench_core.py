@@ -45,8 +45,12 @@ def fast_weight_figures(b=2, d=128, dh=256, t=2048, n=4):
         times = interleaved_min(
             {
                 "bmm": lambda: torch.bmm(a, bb),
-                "fast": lambda: fast_weight_teacher_forcing(weights, noisy_q, clean_q, clean_k, clean_v, clean_lr, rule),
-                "naive": lambda: fast_weight_naive(*weights, seq["q"], seq["k"], seq["v"], seq["lr"], None, is_clean, rule),
+                "fast": lambda: fast_weight_teacher_forcing(
+                    weights, noisy_q, clean_q, clean_k, clean_v, clean_lr, rule
+                ),
+                "naive": lambda: fast_weight_naive(
+                    *weights, seq["q"], seq["k"], seq["v"], seq["lr"], None, is_clean, rule
+                ),
             },
             repeats=7,
         )
@@ -106,7 +110,12 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
         return step
 
     times = interleaved_min(
-        {"lact_short": lact_step(short), "lact_long": lact_step(long), "full_short": full_step(short), "full_long": full_step(long)},
+        {
+            "lact_short": lact_step(short),
+            "lact_long": lact_step(long),
+            "full_short": full_step(short),
+            "full_long": full_step(long),
+        },
         repeats=5,
     )
     per_chunk = {name: value / (short if name.endswith("short") else long) for name, value in times.items()}
@@ -121,8 +130,15 @@ def decode_cost_figures(late=64, early=2):
     """One denoising step of chunk 64 over one of chunk 2, chunk-by-chunk inference, small model."""
     torch.manual_seed(0)
     model = LaCTWanTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=128, ffn_dim=512, num_layers=4, text_dim=32, freq_dim=32,
-        rope_max_seq_len=256, fw_head_dim=128, chunk_frames=3,
+        num_attention_heads=2,
+        attention_head_dim=128,
+        ffn_dim=512,
+        num_layers=4,
+        text_dim=32,
+        freq_dim=32,
+        rope_max_seq_len=256,
+        fw_head_dim=128,
+        chunk_frames=3,
     ).eval()
     text = torch.randn(1, 16, 32)
     chunk = torch.randn(1, 16, 3, 8, 8)

@@ -60,7 +60,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PROMPT = "a cat walks across a sunny kitchen floor"
 NEGATIVE = "low quality, blurry, static"
 SECTIONS = (
-    "chunk_time", "rss", "speedup", "speedup_compiled", "length", "length_compiled", "text_context", "call_cost"
+    "chunk_time",
+    "rss",
+    "speedup",
+    "speedup_compiled",
+    "length",
+    "length_compiled",
+    "text_context",
+    "call_cost",
 )
 TINY_LACT = dict(chunk_frames=3, fw_head_dim=12)
 SMALL_LACT = dict(chunk_frames=3, fw_head_dim=128)
@@ -181,7 +188,13 @@ def load_pair(base: str, compile: bool = False):
 
 
 def bench_speedup(
-    base: str, size: int, steps: int, repeats: int = 2, latent_frames: int = 48, compile: bool = False, text_tokens: int = 16
+    base: str,
+    size: int,
+    steps: int,
+    repeats: int = 2,
+    latent_frames: int = 48,
+    compile: bool = False,
+    text_tokens: int = 16,
 ) -> dict:
     """End-to-end wall time of both pipelines, side by side, on the same weights and arguments.
 
@@ -288,7 +301,9 @@ def bench_text_context(base: str, size: int, text_tokens=(16, 512), calls: int =
             timestep = torch.full((2,), 500.0)
             ways = {
                 "projected_per_call": lambda: transformer(chunk, timestep, embeds, ForwardMode.DENOISE, state),
-                "projected_once": lambda: transformer(chunk, timestep, None, ForwardMode.DENOISE, state, text_context=context),
+                "projected_once": lambda: transformer(
+                    chunk, timestep, None, ForwardMode.DENOISE, state, text_context=context
+                ),
             }
             best = best_seconds_per_call(ways, calls, repeats)
             figures[f"denoise_ms_prompt_projected_per_call_{tokens}_tokens"] = best["projected_per_call"] * 1e3
@@ -360,8 +375,17 @@ def plot_step_time(results: dict, path: pathlib.Path) -> None:
         if f"step_s_wan{suffix}" not in results:
             continue
         frames = results[f"step_latent_frames{suffix}"]
-        times.plot(frames, results[f"step_s_wan{suffix}"], style, marker="o", color="tab:red", label=f"WanPipeline, {label}")
-        times.plot(frames, results[f"step_s_lact{suffix}"], style, marker="o", color="tab:blue", label=f"LaCTVideoPipeline, {label}")
+        times.plot(
+            frames, results[f"step_s_wan{suffix}"], style, marker="o", color="tab:red", label=f"WanPipeline, {label}"
+        )
+        times.plot(
+            frames,
+            results[f"step_s_lact{suffix}"],
+            style,
+            marker="o",
+            color="tab:blue",
+            label=f"LaCTVideoPipeline, {label}",
+        )
         speedups.plot(frames, results[f"step_speedup{suffix}"], style, marker="o", color="black", label=label)
         for x, r in zip(frames, results[f"step_speedup{suffix}"]):
             speedups.annotate(f"{r:.2f}", (x, r), textcoords="offset points", xytext=(5, -10), fontsize=8)
@@ -396,13 +420,16 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--speedup-repeats", type=int, default=2, help="timed runs of each pipeline (best is kept)")
     parser.add_argument(
-        "--speedup-latent-frames", type=int, default=48, help="video length of the speed-up, in latent frames (default 48)"
+        "--speedup-latent-frames",
+        type=int,
+        default=48,
+        help="video length of the speed-up, in latent frames (default 48)",
     )
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument(
-        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
-    )
-    parser.add_argument(
-        "--plot", type=pathlib.Path, default=REPO / "docs" / "pipeline_step_time.png",
+        "--plot",
+        type=pathlib.Path,
+        default=REPO / "docs" / "pipeline_step_time.png",
         help="where the step-time-by-length figure goes",
     )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)

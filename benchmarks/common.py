@@ -12,7 +12,11 @@ from pathlib import Path
 
 # glibc's malloc settings, read from the environment at process start: serve large tensors from the
 # heap and keep freed memory there (mallopt alone caps the mmap threshold at 32 MiB).
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(64 << 30), "MALLOC_TOP_PAD_": str(1 << 30)}
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(4 << 30),
+    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
+    "MALLOC_TOP_PAD_": str(1 << 30),
+}
 
 
 def run_with_tuned_malloc() -> None:

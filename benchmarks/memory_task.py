@@ -44,8 +44,15 @@ def make_base(folder: pathlib.Path) -> pathlib.Path:
     build_tiny_wan(folder, seed=0)
     torch.manual_seed(0)
     WanTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=32, in_channels=CHANNELS, out_channels=CHANNELS, text_dim=32,
-        freq_dim=32, ffn_dim=128, num_layers=3, rope_max_seq_len=64,
+        num_attention_heads=2,
+        attention_head_dim=32,
+        in_channels=CHANNELS,
+        out_channels=CHANNELS,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=128,
+        num_layers=3,
+        rope_max_seq_len=64,
     ).save_pretrained(folder / "transformer")
     return folder
 

@@ -100,7 +100,10 @@ def convert_minvid_state_dict(state_dict: dict, wan_config: dict) -> tuple[dict,
     wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
     lact_config = infer_lact_config(converted, wan_config["num_layers"])
     # Only shapes are needed; a base has no memory keys to expect (any valid fw_head_dim will do).
-    no_memory = {"lact_blocks": [], "fw_head_dim": wan_config["num_attention_heads"] * wan_config["attention_head_dim"]}
+    no_memory = {
+        "lact_blocks": [],
+        "fw_head_dim": wan_config["num_attention_heads"] * wan_config["attention_head_dim"],
+    }
     with init_empty_weights():
         model = LaCTWanTransformer3DModel(**wan_config, **(lact_config or no_memory))
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -235,7 +238,8 @@ def convert(
         logger.info(
             "No LaCT keys in %s: converted it as a plain Wan base. The memory (blocks %s) is freshly "
             "initialised with a zero gate, so the model is pure window attention until finetuned.",
-            checkpoint, model.config.lact_blocks if model.config.lact_blocks is not None else "all",
+            checkpoint,
+            model.config.lact_blocks if model.config.lact_blocks is not None else "all",
         )
 
     write_pipeline_folder(output_dir, model, base_folder)
@@ -248,8 +252,14 @@ def main(argv=None) -> pathlib.Path:
     import lact_video
 
     parser = argparse.ArgumentParser(prog="python -m lact_video.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("--from", dest="source", nargs=2, metavar=("FORMAT", "CKPT"), required=True,
-                        help="checkpoint format (only 'minvid') and file (.pt or .safetensors)")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        nargs=2,
+        metavar=("FORMAT", "CKPT"),
+        required=True,
+        help="checkpoint format (only 'minvid') and file (.pt or .safetensors)",
+    )
     parser.add_argument("--base", required=True, help="the Wan2.1 T2V diffusers folder (or hub id) it started from")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--key", help="dotted path of the state dict in a .pt (default: state_dict, model, ...)")

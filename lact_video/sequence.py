@@ -91,4 +91,3 @@ def interleave_timesteps(noisy_timesteps: torch.Tensor) -> torch.Tensor:
     per_chunk = noisy_timesteps.transpose(1, 2)  # (B, N, R)
     both = torch.cat([per_chunk, per_chunk.new_zeros(b, n, 1)], dim=2).flatten(1)  # (B, N*(R+1))
     return both[:, :-1]
-

@@ -41,7 +41,10 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--from_wan", action="store_true", help="DIR is a plain Wan2.1 folder: patch it")
     parser.add_argument(
-        "--lact", action="append", default=[], metavar="KEY=VALUE",
+        "--lact",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="with --from_wan, a LaCT config key (repeatable; default chunk_frames=3, the model's defaults otherwise)",
     )
     parser.add_argument("--prompt", required=True)
@@ -56,7 +59,10 @@ def main(argv=None) -> None:
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--output", default="video.mp4")
     parser.add_argument(
-        "--compile", nargs="?", const="full", choices=["full", "regional"],
+        "--compile",
+        nargs="?",
+        const="full",
+        choices=["full", "regional"],
         help="torch.compile the transformer (fullgraph), compiling during the first two chunks: 'full' (the default) "
         "builds 5 graphs of the whole model; 'regional' builds 4 of one block, shared by all blocks, so the "
         "warm-up does not grow with the number of blocks",
@@ -92,4 +98,3 @@ def main(argv=None) -> None:
         fps=args.fps,
     )
     print(f"Wrote {out.video_paths[0]} ({args.num_frames} frames) in {time.perf_counter() - start:.1f} s")
-

@@ -205,7 +205,9 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 rope_max_seq_len=rope_max_seq_len,
                 **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS},
             )
-        wan = WanPipeline.from_pretrained(pretrained_model_name_or_path, torch_dtype=torch_dtype, **components, **kwargs)
+        wan = WanPipeline.from_pretrained(
+            pretrained_model_name_or_path, torch_dtype=torch_dtype, **components, **kwargs
+        )
         if wan.transformer is None or wan.transformer_2 is not None:
             raise ValueError(
                 "LaCT patches single-transformer Wan2.1 T2V models; this folder has no `transformer`, "

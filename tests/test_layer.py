@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from memory_gates import open_memory
 
 import lact_video.layers.fast_weight_memory as memory_module
 from lact_video.layers import FastWeightMemory, LaCTAttention
@@ -10,11 +12,11 @@ from lact_video.ops.fast_weight import fast_weight_naive
 from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-from memory_gates import open_memory
 
 
-def naive_teacher_forcing(weights, noisy_query, clean_query, clean_key, clean_value, clean_lr, rule, clean_momentum=None):
+def naive_teacher_forcing(
+    weights, noisy_query, clean_query, clean_key, clean_value, clean_lr, rule, clean_momentum=None
+):
     """Same signature as the fast op, computed by walking the interleaved sequence naively."""
     b, n, _, d = noisy_query.shape
     t = clean_query.shape[2] if n > 1 else noisy_query.shape[2]
@@ -36,7 +38,10 @@ def naive_teacher_forcing(weights, noisy_query, clean_query, clean_key, clean_va
     for copy in range(r):
         q = [noisy[:, i, copy] if not c else x for x, (i, c) in zip(seq_q, layout.segments)]
         out, _ = fast_weight_naive(
-            *weights, *(torch.stack(x, 1) for x in (q, seq_k, seq_v, seq_lr, seq_m)), [c for _, c in layout.segments], rule
+            *weights,
+            *(torch.stack(x, 1) for x in (q, seq_k, seq_v, seq_lr, seq_m)),
+            [c for _, c in layout.segments],
+            rule,
         )
         outs.append(out)
     noisy_idx = [s for s, (_, c) in enumerate(layout.segments) if not c][::r]

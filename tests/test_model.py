@@ -77,7 +77,11 @@ PARITY = {
     # up to Wan's fp32 layer norms, and checked in fp32 at a looser bound.
     "muon-fp64": {"use_muon": True, "muon_dtype": "float64"},
     "muon-momentum-R2-window3-fp64": {
-        "use_muon": True, "use_momentum": True, "num_repeat": 2, "window_size": 3, "muon_dtype": "float64"
+        "use_muon": True,
+        "use_momentum": True,
+        "num_repeat": 2,
+        "window_size": 3,
+        "muon_dtype": "float64",
     },
     "muon-fp32": {"use_muon": True},
 }
@@ -87,7 +91,9 @@ PARITY = {
 def test_teacher_forcing_equals_chunk_by_chunk_inference(wan, config):
     fp64 = config.get("muon_dtype") == "float64"
     model = lact_model(wan, **config).to(torch.float64 if fp64 else torch.float32)
-    clean, noisy, t, text = (x.to(torch.float64 if fp64 else torch.float32) for x in clip(b=2, n=5, r=config.get("num_repeat", 1)))
+    clean, noisy, t, text = (
+        x.to(torch.float64 if fp64 else torch.float32) for x in clip(b=2, n=5, r=config.get("num_repeat", 1))
+    )
     tol = 1e-4 if config.get("use_muon") and not fp64 else 1e-5
     with torch.no_grad():
         expected = teacher_forcing(model, clean, noisy, t, text)
@@ -147,7 +153,13 @@ def test_causality(wan, target):
     unchanged_until = (j + 1) * K if target == "clean" else j * K
     torch.testing.assert_close(after[:, :, :, :unchanged_until], before[:, :, :, :unchanged_until], rtol=0, atol=0)
     if target == "clean":  # c_j feeds chunk j+1 through both window attention and memory
-        assert rel_err(after[:, :, :, unchanged_until : unchanged_until + K], before[:, :, :, unchanged_until : unchanged_until + K]) > 1e-3
+        assert (
+            rel_err(
+                after[:, :, :, unchanged_until : unchanged_until + K],
+                before[:, :, :, unchanged_until : unchanged_until + K],
+            )
+            > 1e-3
+        )
     else:  # a noisy copy feeds nothing but itself; the other copy of chunk j is unchanged
         torch.testing.assert_close(after[:, 0], before[:, 0], rtol=0, atol=0)
         torch.testing.assert_close(after[:, 1, :, frames.stop :], before[:, 1, :, frames.stop :], rtol=0, atol=0)
@@ -163,7 +175,10 @@ def test_save_and_load_round_trip(wan, tmp_path):
     clean, noisy, t, text = clip(r=2)
     with torch.no_grad():
         torch.testing.assert_close(
-            teacher_forcing(loaded, clean, noisy, t, text), teacher_forcing(model, clean, noisy, t, text), rtol=0, atol=0
+            teacher_forcing(loaded, clean, noisy, t, text),
+            teacher_forcing(model, clean, noisy, t, text),
+            rtol=0,
+            atol=0,
         )
 
 
@@ -268,12 +283,19 @@ def test_text_context_equals_prompt_embeddings(wan):
     context = model.encode_text(text)
     seq, ts = interleave_teacher_forcing(noisy, clean, K), interleave_timesteps(t)
     with torch.no_grad():
-        torch.testing.assert_close(model(seq, ts, text_context=context).sample, model(seq, ts, text).sample, rtol=0, atol=0)
+        torch.testing.assert_close(
+            model(seq, ts, text_context=context).sample, model(seq, ts, text).sample, rtol=0, atol=0
+        )
         state = model(clean[:, :, :K], torch.zeros(2), text, mode="commit", state=model.init_state()).state
         cached = model(noisy[:, 0, :, K:], t[:, 0, 1], mode="denoise", state=state, text_context=context).sample
-        torch.testing.assert_close(cached, model(noisy[:, 0, :, K:], t[:, 0, 1], text, mode="denoise", state=state).sample, rtol=0, atol=0)
+        torch.testing.assert_close(
+            cached, model(noisy[:, 0, :, K:], t[:, 0, 1], text, mode="denoise", state=state).sample, rtol=0, atol=0
+        )
         block = model.blocks[1]
-        tokens, projected = torch.randn(2, 5, block.attn2.to_q.in_features), model.condition_embedder.text_embedder(text)
+        tokens, projected = (
+            torch.randn(2, 5, block.attn2.to_q.in_features),
+            model.condition_embedder.text_embedder(text),
+        )
         torch.testing.assert_close(
             text_cross_attention(block.attn2, tokens, *text_keys_values(block.attn2, projected)),
             block.attn2(tokens, projected),
@@ -297,10 +319,16 @@ def test_per_block_device_map_with_offloaded_blocks(wan, tmp_path):
     clean, noisy, t, text = clip()
     with torch.no_grad():
         torch.testing.assert_close(
-            teacher_forcing(model, clean, noisy, t, text), teacher_forcing(reference, clean, noisy, t, text), rtol=0, atol=0
+            teacher_forcing(model, clean, noisy, t, text),
+            teacher_forcing(reference, clean, noisy, t, text),
+            rtol=0,
+            atol=0,
         )
         torch.testing.assert_close(
-            chunk_by_chunk(model, clean, noisy, t, text), chunk_by_chunk(reference, clean, noisy, t, text), rtol=0, atol=0
+            chunk_by_chunk(model, clean, noisy, t, text),
+            chunk_by_chunk(reference, clean, noisy, t, text),
+            rtol=0,
+            atol=0,
         )
 
 
@@ -331,7 +359,9 @@ def test_real_configs_instantiate_and_run(name):
     clean = torch.randn(1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
     noisy = torch.randn(1, 1, 16, 21, 60, 104, device="cuda", dtype=torch.bfloat16)
     seq = interleave_teacher_forcing(noisy, clean, 3)
-    out = model(seq, torch.rand(1, 13, device="cuda") * 1000, torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16))
+    out = model(
+        seq, torch.rand(1, 13, device="cuda") * 1000, torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16)
+    )
     assert out.sample.shape == noisy.shape and torch.isfinite(out.sample).all()
 
 

@@ -147,8 +147,12 @@ def test_weight_norm_keeps_initial_row_norms():
     weights = random_weights(b, d, dh)
     k = F.normalize(torch.randn(b, t, d, dtype=torch.float64), dim=-1)
     new, _ = fast_weight_update(
-        weights, k, torch.randn(b, t, d, dtype=torch.float64), torch.ones(b, t, 3, dtype=torch.float64),
-        UpdateRule(), row_norms(weights),
+        weights,
+        k,
+        torch.randn(b, t, d, dtype=torch.float64),
+        torch.ones(b, t, 3, dtype=torch.float64),
+        UpdateRule(),
+        row_norms(weights),
     )
     for w_new, w_old in zip(new, weights):
         assert not torch.allclose(w_new, w_old)

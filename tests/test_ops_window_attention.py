@@ -45,7 +45,7 @@ def test_mask_follows_the_spec():
     mask = window_attention_mask([c for c, _ in layout.segments], [cl for _, cl in layout.segments], 2, 1)
     seg = lambda i: slice(2 * i, 2 * i + 2)  # noqa: E731
     assert mask[seg(0), seg(0)].all() and not mask[seg(0), seg(1)].any()  # copies never see each other
-    assert not mask[seg(2), : 4].any()  # clean c0 sees only itself
+    assert not mask[seg(2), :4].any()  # clean c0 sees only itself
     assert mask[seg(3), 5].all() and not mask[seg(3), 4].any()  # n1 sees the last token of c0 only
     assert not mask[seg(6), seg(2)].any()  # n2 does not see c0, only c1
     assert mask[seg(6), 11].all()

@@ -230,7 +230,9 @@ def test_fixed_generator_is_deterministic(pipe):
     [
         pytest.param(dict(height=40), ValueError, "divisible by 16", id="height"),
         pytest.param(dict(width=24), ValueError, "divisible by 16", id="width"),
-        pytest.param(dict(prompt_embeds=torch.zeros(1, 16, 32)), ValueError, "Cannot forward both", id="prompt+embeds"),
+        pytest.param(
+            dict(prompt_embeds=torch.zeros(1, 16, 32)), ValueError, "Cannot forward both", id="prompt+embeds"
+        ),
         pytest.param(dict(prompt=None), ValueError, "Provide either", id="no-prompt"),
         pytest.param(dict(prompt=3), ValueError, "type `str` or `list`", id="prompt-type"),
         pytest.param(dict(output_type="gif"), ValueError, "output_type", id="output-type"),
@@ -410,7 +412,9 @@ def test_stream_to_files_for_a_batch_and_stop_early(pipe, tmp_path):
         ("compile_repeated_blocks", 4),
     ],
 )
-def test_compiled_transformer_generates_the_same_video_without_recompiling_per_chunk(tiny_wan_dir, how, expected_graphs):
+def test_compiled_transformer_generates_the_same_video_without_recompiling_per_chunk(
+    tiny_wan_dir, how, expected_graphs
+):
     """`pipe.transformer.compile(fullgraph=True)` or `compile_repeated_blocks(fullgraph=True)`: graphs
     compiled in the first two chunks and reused by every later chunk, and the same video as eager up to
     float rounding."""

@@ -24,7 +24,6 @@ from lact_video.training.flow_matching import (
 )
 from lact_video.training.sampling import KeyedDataset, ResumableSampler, epoch_permutation
 
-
 # Flow matching
 
 

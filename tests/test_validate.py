@@ -6,14 +6,14 @@ import pathlib
 
 import pytest
 import torch
-from lact_video.data.demo_dataset import write_video_folder
+from memory_gates import open_memory
 
 from lact_video import LaCTWanTransformer3DModel
+from lact_video.data.demo_dataset import write_video_folder
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
 from lact_video.training import trainer as finetune_trainer
 from lact_video.training import validate as validate_module
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss
-from memory_gates import open_memory
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_RECIPE = ["--config", str(ROOT / "configs" / "tiny.yaml")]
@@ -46,7 +46,9 @@ def trained(tiny_wan_dir, tmp_path_factory):
 def report(tiny_wan_dir, trained, videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     args = ["--data_dir", str(videos), "--checkpoints", str(tiny_wan_dir), str(trained), "--names", "base", "memory"]
-    load_validate().main([*args, "--output_dir", str(out), *GEOMETRY, f"model.pretrained_model_name_or_path={tiny_wan_dir}"])
+    load_validate().main(
+        [*args, "--output_dir", str(out), *GEOMETRY, f"model.pretrained_model_name_or_path={tiny_wan_dir}"]
+    )
     return out, args
 
 
@@ -71,7 +73,9 @@ def test_report_files_exist_and_parse(report):
 def test_report_is_deterministic(report, tmp_path):
     out, args = report
     load_validate().main([*args, "--output_dir", str(tmp_path), *GEOMETRY])  # base taken from the first checkpoint
-    assert json.loads((tmp_path / "per_chunk_loss.json").read_text()) == json.loads((out / "per_chunk_loss.json").read_text())
+    assert json.loads((tmp_path / "per_chunk_loss.json").read_text()) == json.loads(
+        (out / "per_chunk_loss.json").read_text()
+    )
 
 
 def test_chunk_losses_equal_the_training_loss(trained):
@@ -83,7 +87,9 @@ def test_chunk_losses_equal_the_training_loss(trained):
     for row, level in zip(result.matrix, levels):
         expected = 0
         for index, (latents, embeds) in enumerate(clips):
-            noise = torch.randn((1, 1, *latents.shape[1:]), generator=torch.Generator().manual_seed(sample_seed(5, index)))
+            noise = torch.randn(
+                (1, 1, *latents.shape[1:]), generator=torch.Generator().manual_seed(sample_seed(5, index))
+            )
             with torch.no_grad():
                 _, chunks = teacher_forcing_loss(model, latents, embeds, torch.full((1, 1, 2), level), noise, 2)
             expected = expected + chunks.double() / 2
@@ -94,7 +100,10 @@ def test_plot_has_one_line_per_checkpoint(report):
     from lact_video.evaluation.per_chunk_loss import PerChunkLoss
 
     data = json.loads((report[0] / "per_chunk_loss.json").read_text())
-    results = {name: PerChunkLoss(tuple(r["noise_levels"]), torch.tensor(r["matrix"]).numpy(), r["num_clips"]) for name, r in data.items()}
+    results = {
+        name: PerChunkLoss(tuple(r["noise_levels"]), torch.tensor(r["matrix"]).numpy(), r["num_clips"])
+        for name, r in data.items()
+    }
     axes = plot_per_chunk(results).axes[0]
     assert [line.get_label() for line in axes.lines] == ["base", "memory"]
     assert axes.get_legend() is not None and "chunk index" in axes.get_xlabel()
@@ -103,7 +112,19 @@ def test_plot_has_one_line_per_checkpoint(report):
 def test_bad_arguments_fail_clearly(videos, trained, tmp_path):
     validate = load_validate()
     with pytest.raises(ValueError, match="--names has 1 labels for 2 checkpoints"):
-        validate.main(["--data_dir", str(videos), "--checkpoints", str(trained), str(trained), "--names", "a", "--output_dir", str(tmp_path)])
+        validate.main(
+            [
+                "--data_dir",
+                str(videos),
+                "--checkpoints",
+                str(trained),
+                str(trained),
+                "--names",
+                "a",
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
     with pytest.raises(ValueError, match="holds a VAE and text encoder"):
         validate.main(["--data_dir", str(videos), "--checkpoints", str(trained), "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="is not a checkpoint"):

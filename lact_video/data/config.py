@@ -54,4 +54,3 @@ class DataConfig:
             raise ValueError("set train_data_dir (a video folder) or cache_dir (latents from finetune/precompute.py)")
         if self.dataloader_num_workers < 0:
             raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
-

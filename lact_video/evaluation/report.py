@@ -55,12 +55,14 @@ def plot_per_chunk(results: dict[str, PerChunkLoss], title: str = "Validation lo
     ax.set_xlabel("chunk index (0 = first chunk of the clip)")
     ax.set_ylabel("flow-matching loss (mean over noise levels)")
     levels = next(iter(results.values())).noise_levels
-    ax.set_title(f"{title}\n{len(levels)} noise levels {levels[0]:g}..{levels[-1]:g}, same noise for every checkpoint", fontsize=10)
+    ax.set_title(
+        f"{title}\n{len(levels)} noise levels {levels[0]:g}..{levels[-1]:g}, same noise for every checkpoint",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(title="checkpoint", fontsize=8)
     fig.tight_layout()
     return fig
-
 
 
 def _markdown(results: dict[str, PerChunkLoss], title: str) -> str:
@@ -68,7 +70,9 @@ def _markdown(results: dict[str, PerChunkLoss], title: str) -> str:
     header = "| checkpoint | clips | " + " | ".join(f"chunk {i}" for i in range(num_chunks)) + " | mean |"
     rule = "|---|---|" + "---|" * (num_chunks + 1)
     rows = [
-        f"| {name} | {r.num_clips} | " + " | ".join(f"{x:.4f}" for x in r.mean_per_chunk) + f" | {r.mean_per_chunk.mean():.4f} |"
+        f"| {name} | {r.num_clips} | "
+        + " | ".join(f"{x:.4f}" for x in r.mean_per_chunk)
+        + f" | {r.mean_per_chunk.mean():.4f} |"
         for name, r in results.items()
     ]
     levels = next(iter(results.values())).noise_levels

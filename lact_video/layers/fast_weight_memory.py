@@ -13,8 +13,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops.fast_weight import FastWeights, UpdateRule, fast_weight_apply, fast_weight_teacher_forcing
-from ..ops.fast_weight import fast_weight_update, row_norms
+from ..ops.fast_weight import (
+    FastWeights,
+    UpdateRule,
+    fast_weight_apply,
+    fast_weight_teacher_forcing,
+    fast_weight_update,
+    row_norms,
+)
 from ..sequence import TeacherForcingLayout
 from ..state import ForwardMode, LayerState
 from .rotary import apply_rotary_emb
@@ -71,7 +77,9 @@ class FastWeightMemory(nn.Module):
 
     def _initial_weights(self, batch_size: int) -> FastWeights:
         """S_0 for every (sample, head): (B*Hf, ...), still differentiable w.r.t. the parameters."""
-        return FastWeights(*(w.unsqueeze(0).expand(batch_size, *w.shape).flatten(0, 1) for w in (self.w0, self.w1, self.w2)))
+        return FastWeights(
+            *(w.unsqueeze(0).expand(batch_size, *w.shape).flatten(0, 1) for w in (self.w0, self.w1, self.w2))
+        )
 
     def _to_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, T, C) -> (B*Hf, S, T, d)."""

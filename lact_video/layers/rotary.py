@@ -43,7 +43,9 @@ def chunk_rotary_emb(
             "or raise `rope_max_seq_len` in the transformer config (it adds no weights)."
         )
     device = rope.freqs_cos.device
-    frames = torch.tensor(chunk_indices, device=device)[:, None] * chunk_frames + torch.arange(chunk_frames, device=device)
+    frames = torch.tensor(chunk_indices, device=device)[:, None] * chunk_frames + torch.arange(
+        chunk_frames, device=device
+    )
     s, k = frames.shape  # (S, k) frame positions
     # Wan's buffers repeat each pair's frequency twice: cos at even channels, sin at odd ones.
     pairs = torch.stack([rope.freqs_cos[:, 0::2], rope.freqs_sin[:, 1::2]], dim=-1).to(dtype)  # (positions, D/2, 2)
@@ -65,5 +67,7 @@ def apply_rotary_emb(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         (x1, x2), (cos, sin) = pairs.unbind(-1), freqs.to(compute).unbind(-1)
         rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     else:
-        rotated = torch.view_as_real(torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(freqs.to(compute)))
+        rotated = torch.view_as_real(
+            torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(freqs.to(compute))
+        )
     return rotated.flatten(-2).type_as(x)

@@ -20,9 +20,13 @@ def text_keys_values(attn: WanAttention, text: torch.Tensor) -> tuple[torch.Tens
     return key, value
 
 
-def text_cross_attention(attn: WanAttention, hidden_states: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+def text_cross_attention(
+    attn: WanAttention, hidden_states: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
     """Every token (B, N, C) attends to the prompt's keys and values (B, L, H, D); returns (B, N, C)."""
     query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-    out = dispatch_attention_fn(query, key, value, dropout_p=0.0, is_causal=False, backend=attn.processor._attention_backend)
+    out = dispatch_attention_fn(
+        query, key, value, dropout_p=0.0, is_causal=False, backend=attn.processor._attention_backend
+    )
     out = out.flatten(2, 3).type_as(query)
     return attn.to_out[1](attn.to_out[0](out))

@@ -314,7 +314,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         # Each block projects where it runs: an accelerate `device_map` may put blocks on different devices
         # (the execution device of an offloaded projection is its hook's, not its meta weights').
         keys_values = tuple(
-            text_keys_values(block.attn2, text.to(get_module_execution_device(block.attn2.to_k))) for block in self.blocks
+            text_keys_values(block.attn2, text.to(get_module_execution_device(block.attn2.to_k)))
+            for block in self.blocks
         )
         return TextContext(keys_values, encoder_hidden_states.dtype)
 
@@ -368,7 +369,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         if text_context is None:
             text_context = self.encode_text(encoder_hidden_states)
         if text_context.batch_size != b:
-            raise ValueError(f"The prompt has {text_context.batch_size} rows but the latents have {b}; they must match.")
+            raise ValueError(
+                f"The prompt has {text_context.batch_size} rows but the latents have {b}; they must match."
+            )
         layout = None
         if mode is ForwardMode.TEACHER_FORCING:
             if state is not None:
@@ -455,7 +458,9 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
     if config.chunk_frames < 1 or config.num_repeat < 1:
         raise ValueError(f"chunk_frames and num_repeat must be >= 1; got {config.chunk_frames}, {config.num_repeat}.")
     if config.window_size is not None and config.window_size < 1:
-        raise ValueError(f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}.")
+        raise ValueError(
+            f"window_size must be >= 1 token, or None for the whole previous chunk; got {config.window_size}."
+        )
     if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
         raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
     modes, dtypes = tuple(m.value for m in AttentionMode), tuple(d.value for d in MuonDtype)

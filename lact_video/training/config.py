@@ -296,7 +296,9 @@ def check_config(config: FinetuneConfig) -> None:
     if train.export_only and not train.resume_from_checkpoint:
         raise ValueError("train.export_only needs train.resume_from_checkpoint (a checkpoint folder or 'latest')")
     if not 0.0 <= config.flow_matching.caption_dropout <= 1.0:
-        raise ValueError(f"flow_matching.caption_dropout must be in [0, 1], got {config.flow_matching.caption_dropout}")
+        raise ValueError(
+            f"flow_matching.caption_dropout must be in [0, 1], got {config.flow_matching.caption_dropout}"
+        )
     if config.flow_matching.shift <= 0 or config.flow_matching.logit_std <= 0:
         raise ValueError("flow_matching.shift and flow_matching.logit_std must be > 0")
     if optim.learning_rate <= 0 or optim.new_params_lr_multiplier <= 0 or optim.max_grad_norm <= 0:

@@ -569,7 +569,9 @@ def validation_loss(config, accelerator, transformer, models: Models, dataset, d
 
     def clip_at(index):
         item = dataset[index]
-        return encode_batch({"pixel_values": item["pixel_values"][None], "text": [item["text"]]}, models, config, accelerator.device)
+        return encode_batch(
+            {"pixel_values": item["pixel_values"][None], "text": [item["text"]]}, models, config, accelerator.device
+        )
 
     result = per_chunk_loss(
         transformer,
@@ -584,7 +586,9 @@ def validation_loss(config, accelerator, transformer, models: Models, dataset, d
     )
     if accelerator.is_main_process:
         folder = pathlib.Path(config.train.output_dir) / "validation" / f"step-{global_step}"
-        write_report({f"step {global_step}": result}, folder, title=f"Validation loss per frame chunk, step {global_step}")
+        write_report(
+            {f"step {global_step}": result}, folder, title=f"Validation loss per frame chunk, step {global_step}"
+        )
     chunk = result.mean_per_chunk.tolist()
     return {"val/loss": sum(chunk) / len(chunk), **{f"val/loss_chunk/{i}": v for i, v in enumerate(chunk)}}
 
@@ -606,4 +610,3 @@ def export(config: FinetuneConfig, accelerator, prepared: Prepared) -> pathlib.P
     )
     logger.info("Exported the %s weights as a diffusers pipeline to %s", "EMA" if use_ema else "raw", path)
     return path
-

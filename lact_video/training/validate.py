@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for name, path, kind in zip(names, checkpoints, kinds):
         model = load_transformer(path, kind, config).eval()
-        logger.info("Evaluating %s (%s) on %d clips at %d noise levels", name, path, len(clips), len(args.noise_levels))
-        results[name] = per_chunk_loss(model, clips.__getitem__, len(clips), args.noise_levels, args.seed, progress=True)
+        logger.info(
+            "Evaluating %s (%s) on %d clips at %d noise levels", name, path, len(clips), len(args.noise_levels)
+        )
+        results[name] = per_chunk_loss(
+            model, clips.__getitem__, len(clips), args.noise_levels, args.seed, progress=True
+        )
         del model
 
     # 4. Write the report
@@ -141,7 +145,7 @@ def encode_clips(config: FinetuneConfig, data_dir: pathlib.Path, is_cache: bool,
 
 
 def checkpoint_kind(path: pathlib.Path) -> str:
-    """"diffusers" (a pipeline folder), "transformer" or "training"; a clear error for anything else."""
+    """ "diffusers" (a pipeline folder), "transformer" or "training"; a clear error for anything else."""
     if (path / "model_index.json").is_file():
         return "diffusers"
     if (path / "config.json").is_file():
@@ -170,7 +174,9 @@ def load_training_checkpoint(path: pathlib.Path) -> LaCTWanTransformer3DModel:
     """The raw weights of a `save_state` checkpoint, in the model its run's config describes."""
     run_config_path = path.parent / RUN_CONFIG
     if not run_config_path.is_file():
-        raise ValueError(f"{path} is a training checkpoint but {run_config_path} is missing; it says how to build the model.")
+        raise ValueError(
+            f"{path} is a training checkpoint but {run_config_path} is missing; it says how to build the model."
+        )
     run_config = load_config(["--config", str(run_config_path)])
     model = LaCTWanTransformer3DModel.from_wan(
         run_config.model.pretrained_model_name_or_path, subfolder="transformer", **lact_config(run_config)

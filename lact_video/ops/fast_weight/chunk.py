@@ -57,7 +57,9 @@ def fast_weight_apply(weights: FastWeights, query: torch.Tensor) -> torch.Tensor
     return torch.bmm(F.silu(gate) * hidden, weights.w1.transpose(1, 2))  # (B, L, d)
 
 
-def fast_weight_gradient(weights: FastWeights, key: torch.Tensor, value: torch.Tensor, lr: torch.Tensor) -> FastWeights:
+def fast_weight_gradient(
+    weights: FastWeights, key: torch.Tensor, value: torch.Tensor, lr: torch.Tensor
+) -> FastWeights:
     """Negative gradient of `L = -sum_j eta_j f_S(k_j) . v_j`, one lr per token and matrix.
 
     Args:
@@ -147,7 +149,9 @@ def fast_weight_teacher_forcing(
     # unbind, not indexing: the backward of N slices would write N full-size gradient buffers,
     # which makes training quadratic in the number of chunks; unbind's backward is one stack.
     noisy_query = noisy_query.unbind(1)
-    clean_query, clean_key, clean_value, clean_lr = (x.unbind(1) for x in (clean_query, clean_key, clean_value, clean_lr))
+    clean_query, clean_key, clean_value, clean_lr = (
+        x.unbind(1) for x in (clean_query, clean_key, clean_value, clean_lr)
+    )
     clean_momentum = clean_momentum.unbind(1) if rule.momentum else None
     previous = None
     noisy_out, clean_out = [], []

@@ -3,4 +3,9 @@
 from .block import attend, full_causal_attention_teacher_forcing, window_attention_teacher_forcing
 from .naive import window_attention_naive
 
-__all__ = ["attend", "full_causal_attention_teacher_forcing", "window_attention_naive", "window_attention_teacher_forcing"]
+__all__ = [
+    "attend",
+    "full_causal_attention_teacher_forcing",
+    "window_attention_naive",
+    "window_attention_teacher_forcing",
+]

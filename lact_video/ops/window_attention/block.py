@@ -113,14 +113,18 @@ def full_causal_attention_teacher_forcing(
     key_chunk = torch.arange(n - 1, device=nq.device).repeat_interleave(t)  # ((N-1)*T,)
     visible = key_chunk[None, :] < torch.arange(n, device=nq.device)[:, None]  # (N, (N-1)*T): chunk i sees j < i
     noisy_out = attend(
-        nq, nk, nv,
+        nq,
+        nk,
+        nv,
         context_k[:, None, None].expand(b, n, r, -1, -1, -1),
         context_v[:, None, None].expand(b, n, r, -1, -1, -1),
         visible[None, :, None],  # (1, N, 1, (N-1)*T)
         backend=backend,
     )
     clean_out = attend(
-        cq, ck, cv,
+        cq,
+        ck,
+        cv,
         context_k[:, None].expand(b, n - 1, -1, -1, -1),
         context_v[:, None].expand(b, n - 1, -1, -1, -1),
         visible[None, : n - 1],  # (1, N-1, (N-1)*T)
