@@ -17,6 +17,7 @@ from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
 from lact_video.ops.fast_weight import FastWeights, UpdateRule, fast_weight_naive, fast_weight_teacher_forcing
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
+from lact_video.tiny import TRANSFORMER_CONFIGS
 
 
 def fast_weight_figures(b=2, d=128, dh=256, t=2048, n=4):
@@ -129,17 +130,7 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
 def decode_cost_figures(late=64, early=2):
     """One denoising step of chunk 64 over one of chunk 2, chunk-by-chunk inference, small model."""
     torch.manual_seed(0)
-    model = LaCTWanTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=128,
-        ffn_dim=512,
-        num_layers=4,
-        text_dim=32,
-        freq_dim=32,
-        rope_max_seq_len=256,
-        fw_head_dim=128,
-        chunk_frames=3,
-    ).eval()
+    model = LaCTWanTransformer3DModel(**TRANSFORMER_CONFIGS["small"], fw_head_dim=128, chunk_frames=3).eval()
     text = torch.randn(1, 16, 32)
     chunk = torch.randn(1, 16, 3, 8, 8)
     states = {}

@@ -15,6 +15,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from memory_gates import open_memory
 from omegaconf.errors import ConfigKeyError
+from utils import minvid_convert_argv
 
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.convert import main as convert_main
@@ -123,21 +124,8 @@ def test_convert_reads_the_old_flag(wan, tiny_wan_dir, tmp_path):
 
     save_file(to_minvid_state_dict(wan), tmp_path / "wan.safetensors")
     with warns_renamed("inter_multi"):
-        out = convert_main(
-            [
-                "--from",
-                "minvid",
-                str(tmp_path / "wan.safetensors"),
-                "--base",
-                str(tiny_wan_dir),
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--fw_head_dim",
-                "8",
-                "--inter_multi",
-                "3",
-            ]
-        )
+        argv = minvid_convert_argv(tmp_path / "wan.safetensors", tiny_wan_dir, tmp_path / "out")
+        out = convert_main([*argv, "--fw_head_dim", "8", "--inter_multi", "3"])
     assert LaCTWanTransformer3DModel.from_pretrained(out / "transformer").config.fw_mlp_ratio == 3
 
 

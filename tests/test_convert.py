@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from safetensors.torch import save_file
+from utils import minvid_convert_argv
 
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.convert import convert_minvid_state_dict, main, to_minvid_state_dict
@@ -95,9 +96,7 @@ def test_round_trip_is_exact(model, tiny_wan_dir, tmp_path, fmt):
         save_file(minvid_layout(model), ckpt)
     else:
         torch.save({"model": minvid_layout(model), "step": 7}, ckpt)
-    out = main(
-        ["--from", "minvid", str(ckpt), "--base", str(tiny_wan_dir), "--output_dir", str(tmp_path / "out")] + CLI_FLAGS
-    )
+    out = main(minvid_convert_argv(ckpt, tiny_wan_dir, tmp_path / "out", *CLI_FLAGS))
 
     loaded = LaCTVideoPipeline.from_pretrained(out).transformer.eval()
     assert public(loaded.config) == public(model.config)
@@ -128,21 +127,8 @@ def test_plain_wan_checkpoint_converts_as_a_base(wan, tiny_wan_dir, tmp_path, ca
     save_file(to_minvid_state_dict(wan), tmp_path / "wan.safetensors")  # Wan-AI's original names
     assert "blocks.0.self_attn.q.weight" in to_minvid_state_dict(wan)
     with caplog.at_level(logging.INFO, logger="lact_video.convert"):
-        out = main(
-            [
-                "--from",
-                "minvid",
-                str(tmp_path / "wan.safetensors"),
-                "--base",
-                str(tiny_wan_dir),
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--fw_head_dim",
-                "8",
-                "--lact_blocks",
-                "0",
-            ]
-        )
+        argv = minvid_convert_argv(tmp_path / "wan.safetensors", tiny_wan_dir, tmp_path / "out")
+        out = main([*argv, "--fw_head_dim", "8", "--lact_blocks", "0"])
     assert "converted it as a plain Wan base" in caplog.text
     loaded = LaCTWanTransformer3DModel.from_pretrained(out / "transformer")
     assert loaded.config.fw_head_dim == 8 and loaded.config.lact_blocks == [0] and loaded.config.chunk_frames == 3
@@ -187,15 +173,5 @@ def test_flags_that_contradict_the_tensors_raise(model, tiny_wan_dir, tmp_path):
     save_file(minvid_layout(model), tmp_path / "minvid.safetensors")
     with pytest.raises(ValueError, match=r"'fw_head_dim': \(8, 12\)"):
         main(
-            [
-                "--from",
-                "minvid",
-                str(tmp_path / "minvid.safetensors"),
-                "--base",
-                str(tiny_wan_dir),
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--fw_head_dim",
-                "8",
-            ]
+            minvid_convert_argv(tmp_path / "minvid.safetensors", tiny_wan_dir, tmp_path / "out", "--fw_head_dim", "8")
         )

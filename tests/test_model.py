@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 from memory_gates import open_memory
-from utils import assert_rel_close, rel_err
+from utils import assert_bitwise_equal, assert_rel_close, rel_err
 
 from lact_video import LaCTState, LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.layers import FastWeightMemory
@@ -174,11 +174,8 @@ def test_save_and_load_round_trip(wan, tmp_path):
     assert public(loaded.config) == public(model.config)
     clean, noisy, t, text = clip(r=2)
     with torch.no_grad():
-        torch.testing.assert_close(
-            teacher_forcing(loaded, clean, noisy, t, text),
-            teacher_forcing(model, clean, noisy, t, text),
-            rtol=0,
-            atol=0,
+        assert_bitwise_equal(
+            teacher_forcing(loaded, clean, noisy, t, text), teacher_forcing(model, clean, noisy, t, text)
         )
 
 
@@ -296,11 +293,9 @@ def test_text_context_equals_prompt_embeddings(wan):
             torch.randn(2, 5, block.attn2.to_q.in_features),
             model.condition_embedder.text_embedder(text),
         )
-        torch.testing.assert_close(
+        assert_bitwise_equal(
             text_cross_attention(block.attn2, tokens, *text_keys_values(block.attn2, projected)),
             block.attn2(tokens, projected),
-            rtol=0,
-            atol=0,
         )
 
 
@@ -318,17 +313,11 @@ def test_per_block_device_map_with_offloaded_blocks(wan, tmp_path):
     assert model.blocks[1].attn2.to_k.weight.device.type == "meta"
     clean, noisy, t, text = clip()
     with torch.no_grad():
-        torch.testing.assert_close(
-            teacher_forcing(model, clean, noisy, t, text),
-            teacher_forcing(reference, clean, noisy, t, text),
-            rtol=0,
-            atol=0,
+        assert_bitwise_equal(
+            teacher_forcing(model, clean, noisy, t, text), teacher_forcing(reference, clean, noisy, t, text)
         )
-        torch.testing.assert_close(
-            chunk_by_chunk(model, clean, noisy, t, text),
-            chunk_by_chunk(reference, clean, noisy, t, text),
-            rtol=0,
-            atol=0,
+        assert_bitwise_equal(
+            chunk_by_chunk(model, clean, noisy, t, text), chunk_by_chunk(reference, clean, noisy, t, text)
         )
 
 

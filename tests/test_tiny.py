@@ -46,16 +46,11 @@ def test_pipeline_loads_offline_and_generates(tiny_wan_dir, offline):
 
     pipe = WanPipeline.from_pretrained(tiny_wan_dir)
     assert pipe.vae_scale_factor_spatial == 8 and pipe.vae_scale_factor_temporal == 4
+    prompts = {"prompt": "a cat walks across a sunny kitchen floor", "negative_prompt": "blurry, static"}
+    size = {"num_frames": 9, "height": 64, "width": 64}
+    generator = torch.Generator().manual_seed(0)
     video = pipe(
-        prompt="a cat walks across a sunny kitchen floor",
-        negative_prompt="blurry, static",
-        num_frames=9,
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        max_sequence_length=16,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
+        **prompts, **size, num_inference_steps=2, max_sequence_length=16, output_type="np", generator=generator
     ).frames
     assert video.shape == (1, 9, 64, 64, 3)
     assert np.isfinite(video).all()

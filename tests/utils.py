@@ -12,3 +12,13 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, w
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     err = rel_err(actual, expected)
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:.1g}"
+
+
+def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """The same values bit for bit, with torch.testing's report of where they differ."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def minvid_convert_argv(checkpoint, base, output_dir, *options: str) -> list[str]:
+    """The argument list of `python -m lact_video.convert --from minvid CHECKPOINT --base BASE --output_dir OUT`."""
+    return ["--from", "minvid", str(checkpoint), "--base", str(base), "--output_dir", str(output_dir), *options]
