@@ -98,3 +98,9 @@ def main(argv=None) -> None:
         fps=args.fps,
     )
     print(f"Wrote {out.video_paths[0]} ({args.num_frames} frames) in {time.perf_counter() - start:.1f} s")
+
+
+def cli() -> None:
+    """The `lact-video-generate` console script (every console script runs a `cli` that returns None: a
+    console script's return value is its exit status)."""
+    main()

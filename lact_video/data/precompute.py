@@ -137,5 +137,11 @@ def main(argv=None) -> pathlib.Path:
     return output_dir
 
 
+def cli() -> None:
+    """The `lact-video-precompute` console script: `main` with its return value dropped (a console script's return
+    value is its exit status, so a returned folder would read as a failure)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

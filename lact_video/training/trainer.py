@@ -610,3 +610,9 @@ def export(config: FinetuneConfig, accelerator, prepared: Prepared) -> pathlib.P
     )
     logger.info("Exported the %s weights as a diffusers pipeline to %s", "EMA" if use_ema else "raw", path)
     return path
+
+
+def cli() -> None:
+    """The `lact-video-finetune` console script: `main` with its return value dropped (a console script's return
+    value is its exit status, so a returned folder would read as a failure)."""
+    main()
