@@ -30,11 +30,12 @@ from common import report
 from diffusers import WanTransformer3DModel
 
 from lact_video.data.latent_cache import LatentCacheWriter
+from lact_video.models.lact_config import Variant
 from lact_video.tiny import build_tiny_wan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "memory_task.yaml"
-VARIANTS = ("lact", "swa", "full_causal")
+VARIANTS = tuple(variant.value for variant in Variant)
 CHANNELS, SIZE, NUM_CHUNKS = 16, 8, 6  # latent channels, latent height/width, chunks of one frame
 GEOMETRY = {"height": 64, "width": 64, "num_frames": 21, "fps": 16.0, "max_sequence_length": 16}
 

@@ -37,8 +37,9 @@ from accelerate import init_empty_weights
 from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
+from .geometry import DEFAULT_CHUNK_FRAMES
 from .models import LaCTWanTransformer3DModel
-from .models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS, MuonDtype, rename_deprecated
+from .models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS, LaCTConfig, MuonDtype, rename_deprecated
 from .training.export import local_model_folder, write_pipeline_folder
 
 logger = logging.getLogger(__name__)
@@ -263,11 +264,13 @@ def main(argv=None) -> pathlib.Path:
     parser.add_argument("--base", required=True, help="the Wan2.1 T2V diffusers folder (or hub id) it started from")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--key", help="dotted path of the state dict in a .pt (default: state_dict, model, ...)")
-    parser.add_argument("--chunk_frames", type=int, default=3, help="latent frames per chunk (paper: 3)")
+    parser.add_argument("--chunk_frames", type=int, default=DEFAULT_CHUNK_FRAMES, help="latent frames per chunk")
     parser.add_argument("--window_size", type=int, help="window tokens into the previous chunk (default: all of it)")
     parser.add_argument("--use_muon", action="store_true")
-    parser.add_argument("--muon_dtype", choices=[d.value for d in MuonDtype], default=MuonDtype.float32.value)
-    parser.add_argument("--num_repeat", type=int, default=1, help="noisy copies per chunk in teacher forcing")
+    parser.add_argument("--muon_dtype", choices=[d.value for d in MuonDtype], default=LaCTConfig.muon_dtype.value)
+    parser.add_argument(
+        "--num_repeat", type=int, default=LaCTConfig.num_repeat, help="noisy copies per chunk in teacher forcing"
+    )
     parser.add_argument("--no_weight_norm", dest="weight_norm", action="store_false")
     group = parser.add_argument_group("memory shape", "read off a LaCT checkpoint; set them for a plain Wan base")
     group.add_argument("--fw_head_dim", type=int)

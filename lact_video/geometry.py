@@ -23,6 +23,8 @@ VAE_TEMPORAL_FACTOR = 4  # Wan2.1 VAE: video frames per latent frame after the f
 VAE_SPATIAL_FACTOR = 8  # Wan2.1 VAE: pixels per latent height/width (`scale_factor_spatial`)
 # The VAE's 8x spatial compression times the transformer's 2x2 patches.
 SPATIAL_MULTIPLE = 16
+# Latent frames per autoregressive chunk (`k`) unless a config says otherwise: the paper's choice.
+DEFAULT_CHUNK_FRAMES = 3
 
 
 def vae_scale_factors(vae_config=None) -> tuple[int, int]:

@@ -20,10 +20,10 @@ from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from .pipeline_lact_video import LaCTVideoPipeline
 
 
-def lact_config(items: list[str], parser: argparse.ArgumentParser) -> dict:
+def parse_lact_options(items: list[str], parser: argparse.ArgumentParser) -> dict:
     """`--lact KEY=VALUE` items -> LaCT config keys for `from_wan` (which renames the deprecated ones, with a
     warning); values are YAML (768, null, [0, 1], true)."""
-    config = {"chunk_frames": 3}
+    config = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in (*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS):
@@ -45,7 +45,7 @@ def main(argv=None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="with --from_wan, a LaCT config key (repeatable; default chunk_frames=3, the model's defaults otherwise)",
+        help="with --from_wan, a LaCT config key (repeatable; the model's defaults otherwise)",
     )
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--negative_prompt", default=None)
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if args.from_wan:
-        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **lact_config(args.lact, parser))
+        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **parse_lact_options(args.lact, parser))
     else:
         pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
     pipe.to(device)

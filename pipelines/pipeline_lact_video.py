@@ -55,7 +55,8 @@ EXAMPLE_DOC_STRING = """
         ```python
         >>> from pipelines import LaCTVideoPipeline
 
-        >>> # A LaCT checkpoint saved with `save_pretrained`, or a plain Wan2.1 base patched on load:
+        >>> # A plain Wan2.1 base, patched on load (untrained memory); a finetuned LaCT folder loads with
+        >>> # `LaCTVideoPipeline.from_pretrained(path)` instead, without LaCT keywords.
         >>> pipe = LaCTVideoPipeline.from_wan("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", chunk_frames=3, fw_head_dim=768)
         >>> # Any length: 4 * F - 3 frames with F a multiple of chunk_frames (here 63 chunks, about 47 s at 16 fps)
         >>> pipe("A cat walks on the grass, realistic", num_frames=753, output_path="cat.mp4")

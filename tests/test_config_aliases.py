@@ -23,7 +23,7 @@ from lact_video.convert import to_minvid_state_dict
 from lact_video.models import LaCTConfig, lact_config
 from lact_video.training.config import load_config, to_yaml
 from pipelines import LaCTVideoPipeline
-from pipelines.generate import lact_config as generate_lact_config
+from pipelines.generate import parse_lact_options
 
 K = 2  # chunk_frames
 OLD_NEW = {"base_lr": ("fw_base_lr", 0.05), "inter_multi": ("fw_mlp_ratio", 3)}  # old -> (new, a non-default value)
@@ -110,7 +110,7 @@ def test_old_keywords_of_from_wan_warn_and_mean_the_new_keys(wan):
 
 def test_old_keywords_of_the_pipeline_and_generate_lact(tiny_wan_dir, tmp_path):
     lact = ["chunk_frames=2", "fw_head_dim=12", "base_lr=0.05", "inter_multi=3"]
-    items = generate_lact_config(lact, argparse.ArgumentParser())  # `--lact KEY=VALUE`; an unknown key exits
+    items = parse_lact_options(lact, argparse.ArgumentParser())  # `--lact KEY=VALUE`; an unknown key exits
     with warns_renamed("base_lr", "inter_multi"):
         pipe = LaCTVideoPipeline.from_pretrained(tiny_wan_dir, **items)  # a plain Wan folder: patched as from_wan
     assert {k: pipe.transformer.config[k] for k in new_keys()} == new_keys()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lact_video.geometry import check_video_geometry, latent_num_frames
+from lact_video.geometry import DEFAULT_CHUNK_FRAMES, check_video_geometry, latent_num_frames
 
 
 @dataclass
@@ -26,7 +26,7 @@ class DataConfig:
     # Clips are resampled to this frame rate (frames per second) before the crop.
     fps: float = 16.0
     # Latent frames per autoregressive chunk (k).
-    chunk_frames: int = 3
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES
     # Text tokens per prompt; UMT5 embeddings are zero-padded to this length.
     max_sequence_length: int = 512
     # Start each clip at a seeded random frame; False starts every clip at frame 0.

@@ -55,7 +55,7 @@ class LaCTConfig:
     use_momentum: bool = False
     # Keep every fast-weight row at its initial norm after each update.
     weight_norm: bool = True
-    # Precision of the Newton-Schulz iteration: float32 or bfloat16.
+    # Precision of the Newton-Schulz iteration: float32, bfloat16 (the authors' GPU choice), float64 or float16.
     muon_dtype: MuonDtype = MuonDtype.float32
     # Fast-weight learning rate at initialisation.
     fw_base_lr: float = 1e-3

@@ -38,7 +38,7 @@ from diffusers.models.transformers.transformer_wan import (
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 
-from ..geometry import check_chunking
+from ..geometry import DEFAULT_CHUNK_FRAMES, check_chunking
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
 from ..layers.rotary import chunk_rotary_emb
@@ -156,7 +156,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         pos_embed_seq_len: int | None = None,
         # LaCT: diffusers' `register_to_config` reads the keys from this signature; the defaults are LaCTConfig's.
         lact_blocks: list[int] | None = LaCTConfig.lact_blocks,
-        chunk_frames: int = 3,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         window_size: int | None = LaCTConfig.window_size,
         fw_head_dim: int = LaCTConfig.fw_head_dim,
         fw_mlp_ratio: int = LaCTConfig.fw_mlp_ratio,

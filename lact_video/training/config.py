@@ -20,7 +20,6 @@ import os
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from enum import Enum
 
 from omegaconf import MISSING, OmegaConf
 
@@ -31,12 +30,7 @@ from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
 from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
-
-
-class Trainable(str, Enum):
-    all = "all"  # every transformer weight
-    lact_layers = "lact_layers"  # the LaCT attention layers: their pretrained q/k/v/o and the new memory
-    new_params = "new_params"  # only the new fast-weight memory parameters
+from .trainable import Trainable
 
 
 @dataclass

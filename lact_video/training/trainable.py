@@ -10,11 +10,26 @@ Every new parameter lives in a `FastWeightMemory`; those form their own group wi
 
 from __future__ import annotations
 
+from enum import Enum
+
 import torch
 
 from ..layers import FastWeightMemory, LaCTAttention
 
-TRAINABLE_MODULES = {"all": torch.nn.Module, "lact_layers": LaCTAttention, "new_params": FastWeightMemory}
+
+class Trainable(str, Enum):
+    """The trainable sets (`model.trainable` of the finetune config)."""
+
+    all = "all"  # every transformer weight
+    lact_layers = "lact_layers"  # the LaCT attention layers: their pretrained q/k/v/o and the new memory
+    new_params = "new_params"  # only the new fast-weight memory parameters
+
+
+TRAINABLE_MODULES = {
+    Trainable.all: torch.nn.Module,
+    Trainable.lact_layers: LaCTAttention,
+    Trainable.new_params: FastWeightMemory,
+}
 
 
 def new_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -22,12 +37,15 @@ def new_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for m in model.modules() if isinstance(m, FastWeightMemory) for p in m.parameters()]
 
 
-def set_trainable(model: torch.nn.Module, trainable: str) -> list[torch.nn.Parameter]:
-    """Freeze `model` except the modules `trainable` names; returns the trainable parameters."""
-    if trainable not in TRAINABLE_MODULES:
-        raise ValueError(f"trainable must be one of {sorted(TRAINABLE_MODULES)}, got {trainable!r}")
+def set_trainable(model: torch.nn.Module, trainable: Trainable | str) -> list[torch.nn.Parameter]:
+    """Freeze `model` except the modules `trainable` names; returns the trainable parameters.
+
+    Raises ValueError naming the valid sets for any other value.
+    """
+    if trainable not in {t.value for t in Trainable}:
+        raise ValueError(f"trainable must be one of {[t.value for t in Trainable]}, got {trainable!r}")
     model.requires_grad_(False)
-    kind = TRAINABLE_MODULES[trainable]
+    kind = TRAINABLE_MODULES[Trainable(trainable)]
     for module in model.modules():
         if isinstance(module, kind):
             module.requires_grad_(True)

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     accelerator = make_accelerator(config)
     datasets = make_datasets(config)
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
-    set_trainable(models.transformer, config.model.trainable.value)
+    set_trainable(models.transformer, config.model.trainable)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
     prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
     step, resumed_from = resume(config, accelerator, prepared.ema)

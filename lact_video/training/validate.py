@@ -131,7 +131,7 @@ def encode_clips(config: FinetuneConfig, data_dir: pathlib.Path, is_cache: bool,
     from ..data.encode import encode_prompts, encode_videos, load_frozen_encoders
 
     # On the CPU; the VAE in float32, the text encoder in its checkpoint's dtype.
-    encoders = load_frozen_encoders(config.model.pretrained_model_name_or_path)
+    encoders = load_frozen_encoders(config.model.pretrained_model_name_or_path, revision=config.model.revision)
     dataset = VideoFolderDataset(data_dir, config.data)
     clips = []
     with torch.no_grad():
