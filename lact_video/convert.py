@@ -67,6 +67,11 @@ INFERRED_KEYS = ("fw_head_dim", "fw_mlp_ratio", "lact_blocks", "use_momentum")
 _LACT_NAMES = {*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS}
 
 
+def wan_keys(transformer_config: dict) -> dict:
+    """A transformer config's public Wan keys: without diffusers' private keys and LaCT's (old names too)."""
+    return {k: v for k, v in transformer_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
+
+
 def strip_prefixes(key: str) -> str:
     for wrapper in _WRAPPERS:  # wrappers sit at any depth (e.g. per-block checkpointing)
         key = key.replace(wrapper, "")
@@ -98,7 +103,7 @@ def convert_minvid_state_dict(state_dict: dict, wan_config: dict) -> tuple[dict,
             base[name] = value
     converted.update(convert_wan_transformer_to_diffusers(base))  # pops from its argument: a fresh dict
 
-    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
+    wan_config = wan_keys(wan_config)
     lact_config = infer_lact_config(converted, wan_config["num_layers"])
     # Only shapes are needed; a base has no memory keys to expect (any valid fw_head_dim will do).
     no_memory = {
@@ -218,7 +223,7 @@ def convert(
     state_dict, inferred = convert_minvid_state_dict(load_checkpoint(checkpoint, key), wan_config)
     settings = {k: v for k, v in lact_settings.items() if v is not None}
     settings = rename_deprecated(settings, DEPRECATED_LACT_KEYS, "lact_video.convert")
-    wan_config = {k: v for k, v in wan_config.items() if not k.startswith("_") and k not in _LACT_NAMES}
+    wan_config = wan_keys(wan_config)
 
     if inferred:
         num_layers = wan_config["num_layers"]

@@ -14,11 +14,13 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import importlib.util
 import inspect
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING, OmegaConf
@@ -153,16 +155,19 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
-def leaf_paths(cls=FinetuneConfig, prefix: str = "") -> list[str]:
-    """Every dotted field path of the config tree."""
-    paths = []
+def _leaf_fields(cls=FinetuneConfig, prefix: str = "") -> Iterator[tuple[str, type, str]]:
+    """(dotted path, the dataclass declaring it, field name) of every leaf field of the config tree, in order."""
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
-            paths += leaf_paths(type(default), f"{prefix}{f.name}.")
+            yield from _leaf_fields(type(default), f"{prefix}{f.name}.")
         else:
-            paths.append(prefix + f.name)
-    return paths
+            yield prefix + f.name, cls, f.name
+
+
+def leaf_paths() -> list[str]:
+    """Every dotted field path of the config tree."""
+    return [path for path, _, _ in _leaf_fields()]
 
 
 def _qualify(key: str, paths: list[str]) -> str:
@@ -341,6 +346,7 @@ def config_reference() -> str:
     return "\n".join([REFERENCE_BEGIN, *header, *_reference_rows(), REFERENCE_END])
 
 
+@functools.cache
 def _field_comments(cls) -> dict[str, str]:
     """The `# ...` lines right above each field of a dataclass, joined."""
     source = textwrap.dedent(inspect.getsource(cls))
@@ -356,14 +362,11 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
-def _reference_rows(cls=FinetuneConfig, prefix: str = "") -> list[str]:
-    comments, defaults, out = _field_comments(cls), OmegaConf.structured(cls), []
-    for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            out += _reference_rows(type(default), f"{prefix}{f.name}.")
-            continue
-        value = OmegaConf.to_container(defaults, enum_to_str=True)[f.name]
+def _reference_rows() -> list[str]:
+    defaults = OmegaConf.to_container(OmegaConf.structured(FinetuneConfig), enum_to_str=True)
+    rows = []
+    for path, cls, name in _leaf_fields():
+        value = functools.reduce(dict.__getitem__, path.split("."), defaults)
         shown = "required" if value == "???" else f"`{value}`"
-        out.append(f"| `{prefix}{f.name}` | {shown} | {comments.get(f.name, '')} |")
-    return out
+        rows.append(f"| `{path}` | {shown} | {_field_comments(cls).get(name, '')} |")
+    return rows
