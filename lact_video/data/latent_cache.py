@@ -7,8 +7,10 @@ Layout of a cache folder, written by `finetune/precompute.py`:
   record per sample (`file_name`, `text`, `shard`, `row`).
 
 The index is written last, so a folder without one is an unfinished build. A cache built with
-another geometry (size, frames, frame rate, text length) is refused with the settings that
-differ, instead of training silently on the wrong clips.
+other data settings (size, frames, frame rate, text length, and the start frames: `random_start`,
+`seed`) is refused with the keys that differ and the command that rebuilds it, instead of training
+silently on the wrong clips. Format 2 (issue 13) reads frames by presentation time, upright, at the
+display aspect ratio; format 1 caches may hold clips sampled by the container's average frame rate.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from safetensors.torch import save_file
 from lact_video.data.config import DataConfig
 
 INDEX_FILE = "index.json"
-FORMAT_VERSION = 1
+# 2: frames picked by presentation time, rotation and sample aspect ratio applied (video_reader.py).
+FORMAT_VERSION = 2
 # The settings that change the cached tensors; a cache must match the training config on all.
 GEOMETRY_KEYS = ("height", "width", "num_frames", "fps", "max_sequence_length")
+# The settings that choose each clip's start frame (the seed only matters with random_start).
+SAMPLING_KEYS = ("random_start", "seed")
 
 
 def cache_geometry(config: DataConfig) -> dict:
@@ -34,19 +39,42 @@ def cache_geometry(config: DataConfig) -> dict:
     return {key: getattr(config, key) for key in GEOMETRY_KEYS}
 
 
-def check_cache_geometry(cache_dir: str | pathlib.Path, built: dict, expected: dict) -> None:
-    """Raise ValueError listing each setting where the cache differs from `expected`."""
-    differ = [
-        key
-        for key in GEOMETRY_KEYS
-        if not (math.isclose(built[key], expected[key]) if key == "fps" else built[key] == expected[key])
-    ]
+def cache_sampling(config: DataConfig) -> dict:
+    """The start-frame settings of `config` that a cache is built with."""
+    return {key: getattr(config, key) for key in SAMPLING_KEYS}
+
+
+def _precompute_flag(key: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{key}" if value else f"(no --{key})"
+    return f"--{key} {value}"
+
+
+def _differ(built: dict, expected: dict) -> list[str]:
+    def same(key: str) -> bool:
+        if key == "fps":
+            return math.isclose(built[key], expected[key])
+        if key == "seed":  # fixed starts at frame 0 do not depend on the seed
+            return built[key] == expected[key] or not (built["random_start"] or expected["random_start"])
+        return built[key] == expected[key]
+
+    return [key for key in expected if not same(key)]
+
+
+def check_cache_settings(cache_dir: str | pathlib.Path, built: dict, expected: dict) -> None:
+    """Raise ValueError naming each data setting (`data.KEY`) where the cache differs from `expected`.
+
+    `built` and `expected` map GEOMETRY_KEYS (and optionally SAMPLING_KEYS) to values.
+    """
+    differ = _differ(built, expected)
     if differ:
-        have = ", ".join(f"{key}={built[key]}" for key in differ)
-        want = ", ".join(f"{key}={expected[key]}" for key in differ)
+        have = ", ".join(f"data.{key}={built[key]}" for key in differ)
+        want = ", ".join(f"data.{key}={expected[key]}" for key in differ)
+        flags = " ".join(_precompute_flag(key, expected[key]) for key in differ)
         raise ValueError(
             f"the latent cache {cache_dir} was built with {have}, but the config asks for {want}. "
-            f"Rebuild it with finetune/precompute.py and these settings, or change the config."
+            f"Rebuild it with finetune/precompute.py --output_dir {cache_dir} --overwrite {flags} (and the "
+            f"other settings of this config), or set these keys in the config back to the cache's values."
         )
 
 
@@ -57,12 +85,21 @@ class LatentCacheWriter:
     unfinished build.
     """
 
-    def __init__(self, output_dir: str | pathlib.Path, geometry: dict, shard_size: int = 256, **info):
+    def __init__(
+        self,
+        output_dir: str | pathlib.Path,
+        geometry: dict,
+        shard_size: int = 256,
+        sampling: dict | None = None,
+        **info,
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.output_dir = pathlib.Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.index = {"format_version": FORMAT_VERSION, "geometry": geometry, **info, "shards": [], "samples": []}
+        # `sampling` (cache_sampling) is checked on load when recorded; precompute always records it.
+        settings = {"geometry": geometry, **({"sampling": sampling} if sampling is not None else {})}
+        self.index = {"format_version": FORMAT_VERSION, **settings, **info, "shards": [], "samples": []}
         self.shard_size = shard_size
         self._pending: list[tuple[torch.Tensor, torch.Tensor, str, str]] = []
 
@@ -105,8 +142,8 @@ class LatentCacheWriter:
 class LatentCacheDataset(torch.utils.data.Dataset):
     """Items `{"latents": (C, F, h, w), "prompt_embeds": (L, D), "text", "file_name"}` from a cache.
 
-    With `expected` (a DataConfig or a geometry dict), a cache built with other settings raises
-    ValueError naming them.
+    With `expected` (a DataConfig, or a geometry dict), a cache built with other settings raises
+    ValueError naming them; a DataConfig's start-frame settings are checked too when the cache records them.
     """
 
     def __init__(self, cache_dir: str | pathlib.Path, expected: DataConfig | dict | None = None):
@@ -121,11 +158,15 @@ class LatentCacheDataset(torch.utils.data.Dataset):
         if self.index.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{index_path} has format version {self.index.get('format_version')}, this code reads "
-                f"{FORMAT_VERSION}: rebuild the cache with finetune/precompute.py"
+                f"{FORMAT_VERSION} (format 1 sampled frames by the container's average frame rate, ignoring "
+                f"edit lists, rotation and pixel aspect ratio): rebuild the cache with finetune/precompute.py"
             )
-        if expected is not None:
-            expected = cache_geometry(expected) if isinstance(expected, DataConfig) else expected
-            check_cache_geometry(self.cache_dir, self.index["geometry"], expected)
+        if isinstance(expected, DataConfig):
+            built = {**self.index["geometry"], **self.index.get("sampling", {})}
+            wanted = {**cache_geometry(expected), **cache_sampling(expected)}
+            check_cache_settings(self.cache_dir, built, {key: wanted[key] for key in built})
+        elif expected is not None:
+            check_cache_settings(self.cache_dir, self.index["geometry"], expected)
         self.samples = self.index["samples"]
 
     def __len__(self) -> int:

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .config import DataConfig
 from .encode import encode_prompts, encode_videos, load_frozen_encoders
-from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry
-from .video_dataset import VideoDecodeError, VideoFolderDataset
+from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry, cache_sampling
+from .video_dataset import VideoFolderDataset
+from .video_reader import VideoDecodeError
 
 logger = logging.getLogger("precompute")
 
@@ -46,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--chunk_frames", type=int, default=defaults.chunk_frames, help="only checked against num_frames"
     )
     parser.add_argument("--max_sequence_length", type=int, default=defaults.max_sequence_length)
-    parser.add_argument("--random_start", action="store_true", help="seeded random start frames (default: frame 0)")
+    parser.add_argument(
+        "--random_start",
+        action="store_true",
+        help="seeded random start frames (default: frame 0); training checks it against data.random_start",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--batch_size", type=int, default=1, help="videos per encoder call")
     parser.add_argument("--shard_size", type=int, default=256, help="samples per safetensors shard")
@@ -110,11 +115,10 @@ def main(argv=None) -> pathlib.Path:
     info = {
         "pretrained_model_name_or_path": str(path),
         "dtype": args.dtype,
-        "random_start": config.random_start,
-        "seed": config.seed,
         "lact_video_version": __version__,
     }
-    with LatentCacheWriter(output_dir, cache_geometry(config), args.shard_size, **info) as writer:
+    geometry, sampling = cache_geometry(config), cache_sampling(config)
+    with LatentCacheWriter(output_dir, geometry, args.shard_size, sampling, **info) as writer:
         written = 0
         with tqdm(total=len(videos), unit="video", desc="Encoding") as progress:
             for batch in loader:

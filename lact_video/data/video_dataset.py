@@ -1,16 +1,14 @@
-"""A folder of captioned videos, decoded with decord into fixed-size clips for Wan finetuning.
+"""A folder of captioned videos, read as a player shows them into fixed-size clips for Wan finetuning.
 
 Layout: the videos, plus `metadata.jsonl` (one JSON object per line) or `metadata.csv`, with
 the columns `file_name` (a path relative to the folder) and `text` (the caption; a column
-named `caption` is accepted instead).
+named `caption` is accepted instead). Both may start with a byte-order mark (spreadsheet exports do).
 
-Every video is opened once up front (`scan_videos`: container header and first frame). Files
-that are missing, empty, unreadable, too short at the target frame rate, or that have no
-caption are skipped, each with one warning line, and a summary follows. A video whose frame
-data turns out corrupt only when decoded is skipped at read time.
-
-decord's bridge is process-global and DataLoader workers inherit it, so this module never sets
-it: it reads decord's native arrays through numpy.
+Every video is probed once up front (`scan_videos`: the times of the frames a player shows, the
+display size, the first frame; `lact_video.data.video_reader`). Files that are missing, empty,
+unreadable, too short at the target frame rate, or that have no caption are skipped, each with one
+warning line that says what to do, and a summary follows. A video whose frame data turns out corrupt
+only when decoded is skipped at read time.
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import collections
 import csv
 import json
 import logging
-import math
 import pathlib
 from dataclasses import dataclass
 
@@ -27,19 +24,21 @@ import numpy as np
 import torch
 
 from lact_video.data.config import DataConfig
+from lact_video.data.video_reader import (
+    VideoDecodeError,
+    VideoInfo,
+    latest_start,
+    open_errors,
+    probe_video,
+    read_frames,
+    resample_times,
+)
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_COLUMNS = ("text", "caption")
-
-# Measured on decord 0.6.0: at these output widths (any height, any source) it returns 4 or 6
-# channels and `get_batch` raises. Widths of 80 and up are all fine.
-_DECORD_BAD_WIDTHS = frozenset({4, 6, 8, 12, 16, 24, 48, 72})
-
-
-class VideoDecodeError(Exception):
-    """decord could not decode the frames of a video that looked fine when scanned."""
+REMOVE_ROW = "or remove its row from the metadata"
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,25 @@ class VideoEntry:
 
     file_name: str  # relative to the data folder
     text: str  # the caption
-    num_frames: int  # source frames, as the container reports them
-    fps: float  # source frame rate
-    height: int  # source height in pixels
-    width: int  # source width in pixels
+    info: VideoInfo  # the frames a player shows, and the display size
+
+    @property
+    def num_frames(self) -> int:
+        """Frames a player shows (pre-roll frames of a cut are not counted)."""
+        return self.info.num_frames
+
+    @property
+    def fps(self) -> float:
+        """Average frame rate of the shown frames (sampling uses their times, not this)."""
+        return self.info.average_fps
+
+    @property
+    def height(self) -> int:
+        return self.info.height
+
+    @property
+    def width(self) -> int:
+        return self.info.width
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ class SkippedVideo:
 
     file_name: str
     reason: str  # a short label: "file missing", "too short", ...
-    detail: str
+    detail: str  # what is wrong, in the user's terms, and what to do about it
 
 
 def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
@@ -68,6 +82,7 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
 
     A missing caption comes back as "" (`scan_videos` skips the row). A missing or ambiguous
     metadata file, or a row without `file_name`, is a ValueError: the folder itself is wrong.
+    A UTF-8 byte-order mark at the start is ignored.
     """
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
@@ -81,9 +96,11 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
     if len(found) > 1:
         raise ValueError(f"{data_dir} has both metadata.jsonl and metadata.csv; keep one")
     path = found[0]
+    # utf-8-sig drops the byte-order mark that spreadsheet programs write; without it the first
+    # column would be read as "\ufefffile_name".
     if path.suffix == ".jsonl":
         records = []
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -91,64 +108,20 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}, line {line_number}: not valid JSON ({error})") from None
     else:
-        with path.open(newline="", encoding="utf-8") as stream:
+        with path.open(newline="", encoding="utf-8-sig") as stream:
             # Line numbers count the header as line 1.
             records = list(enumerate(csv.DictReader(stream), start=2))
     rows = []
     for line_number, record in records:
         if not isinstance(record, dict) or not record.get("file_name"):
-            raise ValueError(f"{path}, line {line_number}: no file_name")
+            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(
+                f"{path}, line {line_number}: no file_name (found {keys}); every row needs file_name, "
+                f"the video's path relative to {data_dir}, and text, its caption"
+            )
         caption = next((record[key] for key in CAPTION_COLUMNS if record.get(key) is not None), "")
         rows.append({"file_name": str(record["file_name"]), "text": str(caption).strip()})
     return rows
-
-
-def source_frame_span(src_fps: float, num_frames: int, fps: float) -> int:
-    """Source frames that `num_frames` frames sampled at `fps` cover, from the first to the last."""
-    # The small epsilon keeps exact ratios (25 fps -> 12.5 fps) from flooring one frame short.
-    return math.floor((num_frames - 1) * src_fps / fps + 1e-6) + 1
-
-
-def sample_frame_indices(src_fps: float, num_frames: int, fps: float, start: int = 0) -> np.ndarray:
-    """Source frame indices (num_frames,) that resample a clip from `src_fps` to `fps`, from `start`.
-
-    Each target frame takes the source frame shown at its time; below the source rate frames are
-    dropped, above it they repeat.
-    """
-    return start + np.floor(np.arange(num_frames) * (src_fps / fps) + 1e-6).astype(np.int64)
-
-
-def resize_for_center_crop(src_height: int, src_width: int, height: int, width: int) -> tuple[int, int]:
-    """The (height, width) to decode at: the aspect ratio kept, and just covering the crop."""
-    scale = max(height / src_height, width / src_width)
-    resized_height = max(height, round(src_height * scale))
-    resized_width = max(width, round(src_width * scale))
-    # One pixel wider changes nothing after the crop and steers clear of decord's bad widths.
-    while resized_width in _DECORD_BAD_WIDTHS:
-        resized_width += 1
-    return resized_height, resized_width
-
-
-def _decord():
-    """decord and the exceptions it raises on bad files (imported late: it is a training extra)."""
-    import decord
-
-    # DECORDError is not a RuntimeError. A file that opens with zero frames fails decord's assert.
-    return decord, (RuntimeError, decord.DECORDError, AssertionError)
-
-
-def _to_numpy(frames) -> np.ndarray:
-    # Native decord arrays have asnumpy(); anything else (a bridge someone else set) converts directly.
-    return frames.asnumpy() if hasattr(frames, "asnumpy") else np.asarray(frames)
-
-
-def _probe(path: pathlib.Path) -> tuple[int, float, int, int]:
-    """(frames, fps, height, width) of a video, from its header and its first frame."""
-    decord, _ = _decord()
-    reader = decord.VideoReader(str(path), num_threads=1)
-    # The first frame gives the size; at a few widths decord gets the channels wrong, never H or W.
-    src_height, src_width = _to_numpy(reader.next()).shape[:2]
-    return len(reader), float(reader.get_avg_fps()), int(src_height), int(src_width)
 
 
 def count_reasons(skipped: list[SkippedVideo]) -> str:
@@ -157,14 +130,21 @@ def count_reasons(skipped: list[SkippedVideo]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
 
 
+def _too_short(info: VideoInfo, num_frames: int, fps: float) -> str:
+    need = (num_frames - 1) / fps
+    return (
+        f"a player shows {info.num_frames} frames over {info.duration:.3f} s; a clip of {num_frames} frames at "
+        f"{fps:g} fps needs more than {need:.3f} s. Lower data.num_frames or data.fps, {REMOVE_ROW}"
+    )
+
+
 def scan_videos(
     data_dir: str | pathlib.Path, rows: list[dict[str, str]], num_frames: int, fps: float
 ) -> tuple[list[VideoEntry], list[SkippedVideo]]:
-    """Open every video once: the usable ones, and the skipped ones with their reasons.
+    """Probe every video once: the usable ones, and the skipped ones with their reasons.
 
     Logs one warning per skipped video and a summary; never raises for a bad video.
     """
-    _, decord_errors = _decord()
     data_dir = pathlib.Path(data_dir)
     entries, skipped = [], []
 
@@ -175,32 +155,33 @@ def scan_videos(
     for row in rows:
         file_name, path = row["file_name"], data_dir / row["file_name"]
         if not row["text"]:
-            skip(file_name, "missing caption", "empty or absent text in the metadata")
+            skip(file_name, "missing caption", f"its text in the metadata is empty; write a caption {REMOVE_ROW}")
             continue
         if not path.is_file():
-            skip(file_name, "file missing", f"no file at {path}")
-            continue
-        if path.stat().st_size == 0:
-            skip(file_name, "empty file", "0 bytes")
-            continue
-        try:
-            src_frames, src_fps, src_height, src_width = _probe(path)
-        except decord_errors as error:
-            skip(file_name, "unreadable", f"{type(error).__name__}: {str(error).strip()[:200] or 'no message'}")
-            continue
-        if not (math.isfinite(src_fps) and src_fps > 0):
-            skip(file_name, "unknown frame rate", f"the container reports {src_fps} fps")
-            continue
-        span = source_frame_span(src_fps, num_frames, fps)
-        if src_frames < span:
             skip(
                 file_name,
-                "too short",
-                f"{num_frames} frames at {fps:g} fps need {span} source frames at {src_fps:g} fps, "
-                f"it has {src_frames}",
+                "file missing",
+                f"no file at {path}; file_name is a path relative to {data_dir}: fix it {REMOVE_ROW}",
             )
             continue
-        entries.append(VideoEntry(file_name, row["text"], src_frames, src_fps, src_height, src_width))
+        if path.stat().st_size == 0:
+            skip(file_name, "empty file", f"the file has 0 bytes (an unfinished copy?); copy it again {REMOVE_ROW}")
+            continue
+        try:
+            info = probe_video(path)
+        except open_errors() as error:
+            message = str(error).strip()[:200] or type(error).__name__
+            skip(
+                file_name,
+                "unreadable",
+                f"FFmpeg cannot read it as a video ({message}); re-encode it, e.g. `ffmpeg -i {file_name} "
+                f"-c:v libx264 -pix_fmt yuv420p fixed.mp4`, {REMOVE_ROW}",
+            )
+            continue
+        if latest_start(info, num_frames, fps) < 0:
+            skip(file_name, "too short", _too_short(info, num_frames, fps))
+            continue
+        entries.append(VideoEntry(file_name, row["text"], info))
 
     if skipped:
         reasons = count_reasons(skipped)
@@ -211,7 +192,10 @@ def scan_videos(
 
 
 class VideoFolderDataset(torch.utils.data.Dataset):
-    """Captioned clips from a video folder: resampled to `fps`, resized and center-cropped.
+    """Captioned clips from a video folder: resampled to `fps` by frame time, resized and center-cropped.
+
+    Output frame i of an item is the source frame a player shows at `t_start + i / fps`, where
+    `t_start` is the time of the start frame, upright and at the display aspect ratio.
 
     Items are `{"pixel_values": (C=3, num_frames, H, W) float32 in [-1, 1], "text", "file_name"}`.
     The start frame depends only on (seed, epoch, index), so runs are reproducible; call
@@ -239,30 +223,20 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def start_frame(self, index: int) -> int:
-        """The first source frame of item `index`: 0, or a draw seeded by (seed, epoch, index)."""
+        """The shown frame item `index` starts at: 0, or a draw seeded by (seed, epoch, index)."""
         entry, config = self.entries[index], self.config
-        latest = entry.num_frames - source_frame_span(entry.fps, config.num_frames, config.fps)
+        latest = latest_start(entry.info, config.num_frames, config.fps)
         if not config.random_start or latest <= 0:
             return 0
         return int(np.random.default_rng((config.seed, self.epoch, index)).integers(0, latest + 1))
 
     def load(self, index: int) -> dict:
         """Decode item `index`; raises VideoDecodeError if its frame data is corrupt."""
-        decord, decord_errors = _decord()
         entry, config = self.entries[index], self.config
-        indices = sample_frame_indices(entry.fps, config.num_frames, config.fps, self.start_frame(index))
-        resized_height, resized_width = resize_for_center_crop(entry.height, entry.width, config.height, config.width)
-        try:
-            path = str(self.data_dir / entry.file_name)
-            reader = decord.VideoReader(path, width=resized_width, height=resized_height)
-            frames = _to_numpy(reader.get_batch(indices.tolist()))  # (num_frames, h, w, 3) uint8
-        except decord_errors as error:
-            raise VideoDecodeError(f"{type(error).__name__}: {str(error).strip()[:200]}") from error
-        if frames.shape != (config.num_frames, resized_height, resized_width, 3):
-            raise VideoDecodeError(f"decord returned frames of shape {frames.shape}")
-        top, left = (resized_height - config.height) // 2, (resized_width - config.width) // 2
-        frames = frames[:, top : top + config.height, left : left + config.width]  # (num_frames, H, W, 3)
-        pixel_values = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, num_frames, H, W)
+        times = resample_times(entry.info, config.fps, self.start_frame(index), config.num_frames)
+        path = self.data_dir / entry.file_name
+        frames = np.stack(list(read_frames(path, times, entry.info, (config.height, config.width))))
+        pixel_values = torch.from_numpy(frames).permute(3, 0, 1, 2)  # (3, num_frames, H, W)
         pixel_values = pixel_values.float() / 127.5 - 1.0
         return {"pixel_values": pixel_values, "text": entry.text, "file_name": entry.file_name}
 
