@@ -54,19 +54,6 @@ class VideoEntry:
         """Frames a player shows (pre-roll frames of a cut are not counted)."""
         return self.info.num_frames
 
-    @property
-    def fps(self) -> float:
-        """Average frame rate of the shown frames (sampling uses their times, not this)."""
-        return self.info.average_fps
-
-    @property
-    def height(self) -> int:
-        return self.info.height
-
-    @property
-    def width(self) -> int:
-        return self.info.width
-
 
 @dataclass(frozen=True)
 class SkippedVideo:

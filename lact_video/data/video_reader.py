@@ -68,8 +68,10 @@ class VideoInfo:
 
 def _av():
     """PyAV, imported late: it is a training extra."""
-    import av
-
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("reading videos needs PyAV: pip install 'lact-video[train]' (or pip install av)") from error
     return av
 
 
@@ -170,7 +172,8 @@ def read_frames(
 
     `size=(H, W)` resizes the display picture to cover H x W (aspect ratio kept) and crops the center;
     None keeps the display size. Times before the first shown frame get the first, times at or after
-    `info.end_time` raise VideoDecodeError, as does damaged frame data.
+    `info.end_time` raise VideoDecodeError, as does damaged frame data. A frame on screen at several
+    times is yielded as the same (read-only) array each time.
     """
     av = _av()
     times = iter(times)
@@ -183,7 +186,9 @@ def read_frames(
 
     def shown(frame) -> np.ndarray:
         picture = _upright_rgb(frame, info, *resized)
-        return np.ascontiguousarray(picture[top : top + out_height, left : left + out_width])
+        picture = np.ascontiguousarray(picture[top : top + out_height, left : left + out_width])
+        picture.flags.writeable = False  # it may be yielded again for the next time
+        return picture
 
     try:
         with av.open(str(path)) as container:
@@ -198,6 +203,8 @@ def read_frames(
                 container.seek(0, stream=stream)
                 frames = container.decode(stream)
                 current = next(frames, None)
+            if current is None:
+                raise VideoDecodeError("no frame decodes")
             picture = None  # `current` converted, made once however many times it is shown
             for following in frames:
                 while target is not None and target < following.time - TIME_EPS:
