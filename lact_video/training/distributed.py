@@ -10,6 +10,7 @@ import importlib
 import os
 import pathlib
 import sys
+import warnings
 
 import torch
 
@@ -28,6 +29,23 @@ def skip_deepspeed_shm_build() -> None:
     except ImportError:
         return
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+# torch >= 2.10 deprecates the collectives that DeepSpeed 0.19's ZeRO-3 calls on every gather and every
+# gradient partition (`deepspeed.comm.torch`); they still work, and the fix is DeepSpeed's to make.
+# Something in each step resets the warnings registry, so Python's once-per-location rule does not hold
+# and they print on every step of every rank. Matched by exact message and by the module that issues them.
+KNOWN_HARMLESS_WARNINGS = (
+    (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
+    (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
+)
+
+
+def silence_known_harmless_warnings() -> None:
+    """Ignore exactly the `KNOWN_HARMLESS_WARNINGS` (message, category, issuing module); every other warning
+    keeps its filters."""
+    for message, category, module in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def process_group_kwargs() -> list:
