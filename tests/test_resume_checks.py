@@ -207,8 +207,13 @@ def test_record_with_deprecated_key_names_compares_renamed(first_run, monkeypatc
     lact = marker["config"]["model"]["lact"]
     lact["base_lr"], lact["inter_multi"] = lact.pop("fw_base_lr"), lact.pop("fw_mlp_ratio")
     marker["config"]["model"]["mode"] = marker["config"]["model"].pop("variant")
-    with pytest.warns(FutureWarning, match="'model.lact.base_lr' is the deprecated name"):
+    with pytest.warns(FutureWarning) as warned:
         assert config_changes(marker["config"], current, where="old checkpoint.json") == {}
+    assert sorted(str(w.message).split("'")[1] for w in warned) == [
+        "model.lact.base_lr",
+        "model.lact.inter_multi",
+        "model.mode",
+    ]
     lact["base_lr"] = 0.5
     changes = config_changes(marker["config"], current, where="old checkpoint.json")
     assert changes == {"model.lact.fw_base_lr": (0.5, 1e-3)} and provenance.is_fixed("model.lact.fw_base_lr")
