@@ -179,10 +179,10 @@ def check_run_folder(config: FinetuneConfig, accelerator) -> pathlib.Path | None
             )
         others = [p.name for _, p in found] + (["metrics.jsonl"] if (output_dir / "metrics.jsonl").exists() else [])
         if others:
+            resumable = "Resume that run (train.resume_from_checkpoint=latest), choose" if found else "Choose"
             raise ValueError(
                 f"train.output_dir={output_dir} holds another run's {', '.join(others)}; a new run there would mix "
-                "with it. Resume that run (train.resume_from_checkpoint=latest), choose a new train.output_dir, or "
-                "delete them."
+                f"with it. {resumable} a new train.output_dir, or delete them."
             )
         if train.resume_from_checkpoint:
             logger.info("No complete checkpoint in %s; starting from step 0", output_dir)
