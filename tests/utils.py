@@ -32,7 +32,7 @@ def warning_counts(log: str) -> dict[str, int]:
 
     counts = Counter()
     for line in re.split(r"[\r\n]", log):
-        found = re.search(r"\S+:\d+: \w*Warning: .*", line) or re.search(r"\bWARNING\b.*", line)
+        found = re.search(r"[\w./-]*\.py:\d+: \w*Warning: .*", line) or re.search(r"\bWARNING\b.*", line)
         if found:
             counts[re.sub(r"\d{4}-\d\d-\d\d[ T][\d:,.]+", "", found.group(0))] += 1
     return dict(counts)
