@@ -36,6 +36,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ "$recipe" = "configs/tiny.yaml" ] || max_sequence_length=512
+# The finetune refuses to start a new run beside an earlier run's checkpoints; say so before the set-up.
+[ ! -e "$out/finetune" ] || { echo "demo.sh: $out/finetune holds an earlier run; remove it or pass another --output_dir" >&2; exit 1; }
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 
 import pytest
+from utils import warning_counts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,8 @@ def test_demo_runs_end_to_end(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "generated video" in result.stdout
+    counts = warning_counts(result.stdout + result.stderr)
+    assert all(n < 40 for n in counts.values()), counts  # no warning repeated per training step (issue 13)
 
     # The exported pipeline and the per-chunk report
     assert json.loads((out / "finetune" / "model_index.json").read_text())["_class_name"] == "LaCTVideoPipeline"

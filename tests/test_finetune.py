@@ -10,6 +10,7 @@ they wrote as well as by their exit code.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from utils import warning_counts
 
 import lact_video.training.trainer
 from lact_video.data import precompute
@@ -352,6 +354,24 @@ def test_zero3_partitions_the_weights(zero3_run):
         assert full / 2 <= rank["local_numel"] <= full / 2 + rank["num_params"]
     ema_shards = sorted(p.name for p in (zero3_run / f"checkpoint-{STEPS}" / "ema").iterdir())
     assert ema_shards == ["rank-00000.pt", "rank-00001.pt"]
+
+
+@pytest.mark.slow
+def test_zero3_log_has_no_warning_repeated_per_step(zero3_run):
+    """DeepSpeed's collectives printed two FutureWarnings per rank per step (issue 13); a warning may show once per
+    process, never once per step."""
+    counts = warning_counts((zero3_run.parent / "log.txt").read_text())
+    assert counts and all(n < STEPS for n in counts.values()), counts  # 3 processes: the launcher and 2 ranks
+
+
+@pytest.mark.slow
+def test_zero3_checkpoint_without_deepspeed_is_refused(trainer, zero3_run, tiny_wan_dir, videos, tmp_path):
+    """br13: the 2-process ZeRO-3 checkpoint resumed by one plain process fails before any model loads."""
+    out = tmp_path / "run"
+    shutil.copytree(zero3_run, out)
+    with pytest.raises(ValueError, match="holds DeepSpeed ZeRO-3 state written by 2 process.*no DeepSpeed"):
+        run(trainer, out, tiny_wan_dir, f"data.train_data_dir={videos}", *ZERO3_ARGS[1:],
+            "train.max_train_steps=16", "train.resume_from_checkpoint=latest")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -151,3 +154,32 @@ def test_training_checkpoint_equals_its_export(tiny_wan_dir, videos, tmp_path):
     data = json.loads((out / "per_chunk_loss.json").read_text())
     assert data["state"]["mean_per_chunk"] == pytest.approx(data["export"]["mean_per_chunk"], rel=1e-6)
     assert data["state"]["mean_per_chunk"] != pytest.approx(data["base"]["mean_per_chunk"], rel=1e-6)  # it trained
+
+
+def test_complete_pipeline_folder_uses_its_own_encoders_offline(tiny_wan_dir, trained, videos, tmp_path):
+    """configs/tiny.yaml names outputs/demo/base, absent here. A complete pipeline folder under evaluation encodes
+    with its own VAE and text encoder and never tries the Hub (HF_HUB_OFFLINE=1), with the numbers of naming it
+    as the base; a transformer-only folder says where it looked."""
+    pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
+    common = ["--data_dir", str(videos), *TINY_RECIPE, "--noise_levels", "0.5", "--max_clips", "1"]
+
+    def validate(checkpoint, out):
+        command = [sys.executable, str(ROOT / "finetune" / "validate.py"), *common, "--checkpoints", str(checkpoint)]
+        command += ["--names", "x", "--output_dir", str(out)]
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    own = validate(tiny_wan_dir, tmp_path / "own")
+    assert own.returncode == 0, own.stderr[-3000:]
+    assert f"{tiny_wan_dir}: encoding the clips with its own VAE and text encoder" in own.stderr
+    load_validate().main(
+        [*common, "--checkpoints", str(tiny_wan_dir), "--names", "x", "--output_dir", str(tmp_path / "named"),
+         f"model.pretrained_model_name_or_path={tiny_wan_dir}"]
+    )  # fmt: skip
+    result = json.loads((tmp_path / "own" / "per_chunk_loss.json").read_text())
+    assert result == json.loads((tmp_path / "named" / "per_chunk_loss.json").read_text())
+
+    none = validate(trained, tmp_path / "none")
+    assert none.returncode != 0
+    looked = f"{trained} has no vae/, text_encoder/, tokenizer/ of its own: encoding with those of "
+    assert looked + "model.pretrained_model_name_or_path, outputs/demo/base (not a local folder" in none.stderr

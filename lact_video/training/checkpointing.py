@@ -2,7 +2,8 @@
 
 A checkpoint is written in full to `output_dir/.tmp-checkpoint-<step>`: accelerate's `save_state`
 (model, optimizer, scheduler, RNG; DeepSpeed's per-rank shards under ZeRO-3), the EMA slices
-(one file per rank when the weights are sharded) and last a `checkpoint.json` marker. Only then
+(one file per rank when the weights are sharded) and last a `checkpoint.json` marker: the step, the EMA
+kind and how the checkpoint was made (`provenance.Provenance`: the config, the launch, the version). Only then
 does the main process `os.rename` the folder to its final name. A run killed at any moment leaves
 either a complete `checkpoint-<step>` or a `.tmp-*` folder that nothing reads, and never touches
 an existing checkpoint.
@@ -120,14 +121,12 @@ def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: i
 
 
 def load_checkpoint(accelerator, path, ema=None) -> dict:
-    """Restore what `save_checkpoint` wrote (all processes call this); returns the marker."""
+    """Restore what `save_checkpoint` wrote (all processes call this); returns the marker.
+
+    Check first (`provenance.check_resume`) that this launch can load it: the process count, DeepSpeed.
+    """
     path = pathlib.Path(path)
     marker = read_marker(path)
-    if marker["num_processes"] != accelerator.num_processes and marker.get("ema") == "sharded":
-        raise ValueError(
-            f"{path} was written by {marker['num_processes']} processes with ZeRO-3 shards; resume it with the "
-            f"same number of processes (this run has {accelerator.num_processes})."
-        )
     accelerator.load_state(str(path))
     if ema is not None:
         if marker.get("ema") is None:

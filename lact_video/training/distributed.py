@@ -1,4 +1,4 @@
-"""accelerate + DeepSpeed set-up: the CPU-only fixes, and a report of how ZeRO-3 split the weights.
+"""accelerate + DeepSpeed set-up: CPU-only fixes, known-harmless warnings, a report of how ZeRO-3 split the weights.
 
 See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA").
 """
@@ -10,6 +10,7 @@ import importlib
 import os
 import pathlib
 import sys
+import warnings
 
 import torch
 
@@ -28,6 +29,23 @@ def skip_deepspeed_shm_build() -> None:
     except ImportError:
         return
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+
+
+# torch >= 2.10 deprecates the collectives that DeepSpeed 0.19's ZeRO-3 calls on every gather and every
+# gradient partition (`deepspeed.comm.torch`); they still work, and the fix is DeepSpeed's to make.
+# They printed on every step of every rank (measured: 2 per rank per step on the tiny ZeRO-3 run; Python's
+# once-per-location registry is cleared whenever a filter changes). Matched by message and issuing module.
+KNOWN_HARMLESS_WARNINGS = (
+    (r"`torch\.distributed\.all_gather_into_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
+    (r"`torch\.distributed\.reduce_scatter_tensor` is deprecated", FutureWarning, r"torch\.distributed\.c10d_logger"),
+)
+
+
+def silence_known_harmless_warnings() -> None:
+    """Ignore exactly the `KNOWN_HARMLESS_WARNINGS` (message, category, issuing module); every other warning
+    keeps its filters."""
+    for message, category, module in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def process_group_kwargs() -> list:

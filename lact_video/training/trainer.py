@@ -36,12 +36,13 @@ from ..data import LatentCacheDataset, VideoFolderDataset
 from ..evaluation import per_chunk_loss, write_report
 from ..geometry import latent_size
 from ..models import LaCTWanTransformer3DModel
-from . import checkpointing
+from . import checkpointing, provenance
 from .config import FinetuneConfig, check_against_transformer, lact_config, load_config, to_flat_dict, to_yaml
 from .distributed import (
     partition_report,
     process_group_kwargs,
     resolve_deepspeed_config_file,
+    silence_known_harmless_warnings,
     skip_deepspeed_shm_build,
     zero3_init_disabled,
 )
@@ -99,14 +100,16 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     """Train, checkpoint and export; returns the exported pipeline folder (None when not exported)."""
     config = load_config(argv)  # checks the clip geometry before any model loads
     accelerator = make_accelerator(config)
+    resume_from = check_run_folder(config, accelerator)  # before any model loads, and before any write
     datasets = make_datasets(config)
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
     prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
-    step, resumed_from = resume(config, accelerator, prepared.ema)
-    write_run_info(config, accelerator, prepared.transformer, datasets, step, resumed_from)
+    step = resume(accelerator, prepared, resume_from)
     if not config.train.export_only:
+        start_run_folder(config, accelerator)  # the run folder's first write: a failed start leaves it as it was
+        write_run_info(config, accelerator, prepared.transformer, datasets, step, resume_from)
         step = train(config, accelerator, prepared, models, datasets, step)
     export_dir = None
     if config.train.export_at_end or config.train.export_only:
@@ -122,6 +125,7 @@ def make_accelerator(config: FinetuneConfig):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    silence_known_harmless_warnings()
     skip_deepspeed_shm_build()
     resolve_deepspeed_config_file(REPO_ROOT)
     train = config.train
@@ -148,16 +152,63 @@ def make_accelerator(config: FinetuneConfig):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.ERROR)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "finetune_config.yaml").write_text(to_yaml(config))
-        if train.report_to != "none":
-            accelerator.init_trackers(train.tracker_project_name, config=to_flat_dict(config))
     # The same seed on every rank: the new LaCT parameters are drawn identically everywhere.
     set_seed(train.seed)
     logger.info("%d process(es), %s, mixed precision %s", accelerator.num_processes, accelerator.distributed_type,
                 mixed_precision)  # fmt: skip
     return accelerator
+
+
+def check_run_folder(config: FinetuneConfig, accelerator) -> pathlib.Path | None:
+    """The checkpoint this run resumes (None: it starts at step 0), after every check that needs no model.
+
+    Raises ValueError, before anything is read into memory or written: `train.export_only` with no
+    checkpoint to export; a new run in a folder that holds another run's checkpoints or metrics.jsonl;
+    a resume from a checkpoint older than others in the folder (this run would write its checkpoints
+    beside theirs, under the same names); a checkpoint this run cannot resume (`provenance.check_resume`).
+    """
+    train = config.train
+    output_dir = pathlib.Path(train.output_dir)
+    path = checkpointing.resolve_resume(output_dir, train.resume_from_checkpoint)
+    found = checkpointing.list_checkpoints(output_dir)
+    if path is None:
+        if train.export_only:
+            raise ValueError(
+                f"train.export_only=true, but {output_dir} holds no complete checkpoint-<step> to export "
+                f"(train.resume_from_checkpoint={train.resume_from_checkpoint!r}). Check train.output_dir, or train first."
+            )
+        others = [p.name for _, p in found] + (["metrics.jsonl"] if (output_dir / "metrics.jsonl").exists() else [])
+        if others:
+            resumable = "Resume that run (train.resume_from_checkpoint=latest), choose" if found else "Choose"
+            raise ValueError(
+                f"train.output_dir={output_dir} holds another run's {', '.join(others)}; a new run there would mix "
+                f"with it. {resumable} a new train.output_dir, or delete them."
+            )
+        if train.resume_from_checkpoint:
+            logger.info("No complete checkpoint in %s; starting from step 0", output_dir)
+        return None
+    marker = checkpointing.read_marker(path)
+    newer = [p.name for step, p in found if step > marker["step"]]
+    if newer and not train.export_only:
+        raise ValueError(
+            f"{output_dir} holds checkpoints newer than {path.name} ({', '.join(newer)}); resuming {path.name} there "
+            "would write this run's checkpoints beside them, under the same names. Resume the newest "
+            f"(train.resume_from_checkpoint=latest), or resume {path} into a new train.output_dir."
+        )
+    provenance.check_resume(path, marker, config, accelerator)
+    return path
+
+
+def start_run_folder(config: FinetuneConfig, accelerator) -> None:
+    """The run's finetune_config.yaml and trackers in train.output_dir (main process)."""
+    train = config.train
+    if not accelerator.is_main_process:
+        return
+    output_dir = pathlib.Path(train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "finetune_config.yaml").write_text(to_yaml(config))
+    if train.report_to != "none":
+        accelerator.init_trackers(train.tracker_project_name, config=to_flat_dict(config))
 
 
 def input_dtype(accelerator) -> torch.dtype:
@@ -304,16 +355,40 @@ def make_ema(config: FinetuneConfig, accelerator, transformer) -> ShardedEMA | N
     return ShardedEMA(trainable_parameters(accelerator, transformer), config.ema.ema_decay)
 
 
-def resume(config: FinetuneConfig, accelerator, ema) -> tuple[int, str | None]:
-    """(global step, checkpoint) after restoring `train.resume_from_checkpoint`, or (0, None)."""
-    path = checkpointing.resolve_resume(config.train.output_dir, config.train.resume_from_checkpoint)
+def resume(accelerator, prepared: Prepared, path: pathlib.Path | None) -> int:
+    """The global step after restoring checkpoint `path` (checked by `check_run_folder`); 0 when None.
+
+    The weights, the optimizer's moments, the schedule's position, the EMA and the RNG come from the
+    checkpoint; the optimizer's settings (rates, betas, weight decay, epsilon, schedule) stay this run's.
+    """
     if path is None:
-        if config.train.resume_from_checkpoint:
-            logger.info("No complete checkpoint in %s; starting from step 0", config.train.output_dir)
-        return 0, None
-    marker = checkpointing.load_checkpoint(accelerator, path, ema)
-    logger.info("Resumed from %s at step %d", path, marker["step"])
-    return marker["step"], str(path)
+        return 0
+    groups = prepared.optimizer.param_groups
+    settings = [{key: value for key, value in group.items() if key not in ("params", "lr")} for group in groups]
+    step = checkpointing.load_checkpoint(accelerator, path, prepared.ema)["step"]
+    apply_optimizer_settings(prepared.optimizer, prepared.lr_scheduler.scheduler, settings)
+    rates = ", ".join(
+        f"{group.get('name', i)} {group['lr']:g}" for i, group in enumerate(prepared.optimizer.param_groups)
+    )
+    logger.info("Resumed from %s at step %d; step %d trains at learning rates %s", path, step, step + 1, rates)
+    return step
+
+
+def apply_optimizer_settings(optimizer, schedule, settings: list[dict]) -> None:
+    """Put this run's optimizer settings back after `load_state`, which restores the checkpoint's.
+
+    Args:
+        schedule: the `LambdaLR` of diffusers' `get_scheduler`. Its lambdas are this run's (LambdaLR saves
+            no plain functions) and its step count the checkpoint's, so the rate of the next step is
+            recomputed from this run's base rates, as a run with these settings from the start would have it.
+        settings: per parameter group, every key but `params` and `lr`, taken before `load_state`.
+    """
+    groups = optimizer.param_groups
+    for group, wanted in zip(groups, settings, strict=True):
+        group.update(wanted)
+    schedule.base_lrs = [group["initial_lr"] for group in groups]
+    for group, base, factor in zip(groups, schedule.base_lrs, schedule.lr_lambdas, strict=True):
+        group["lr"] = base * factor(schedule.last_epoch)
 
 
 def write_run_info(config, accelerator, transformer, datasets: Datasets, global_step, resumed_from) -> None:
@@ -387,6 +462,7 @@ def train(config, accelerator, prepared: Prepared, models: Models, datasets: Dat
     validate = functools.partial(
         validation_loss, config, accelerator, prepared.transformer, models, datasets.validation, settings.dtype
     )
+    made = provenance.Provenance.of_run(config, accelerator).as_marker()  # recorded in every checkpoint
     starting = global_step < train_cfg.max_train_steps
     if starting and train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
         metrics.log(global_step, validate(global_step))  # the baseline, before the first step
@@ -405,7 +481,7 @@ def train(config, accelerator, prepared: Prepared, models: Models, datasets: Dat
 
         # 3. Checkpoint and validate
         if global_step % train_cfg.checkpointing_steps == 0 or global_step == train_cfg.max_train_steps:
-            limit, info = train_cfg.checkpoints_total_limit, {"loss": record["loss"]}
+            limit, info = train_cfg.checkpoints_total_limit, {"loss": record["loss"], **made}
             checkpointing.save_checkpoint(accelerator, output_dir, global_step, prepared.ema, limit, info)
         if train_cfg.validation_steps and global_step % train_cfg.validation_steps == 0:
             metrics.log(global_step, validate(global_step))

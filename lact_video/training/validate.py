@@ -16,7 +16,10 @@ A checkpoint is:
   its run's `finetune_config.yaml` says how to build the model (the raw weights, not the EMA).
 
 `DIR` is a video folder (`metadata.jsonl`/`.csv`) or a latent cache from `finetune/precompute.py`.
-The clips are encoded once and every checkpoint sees identical inputs and noise. The clip geometry
+A video folder is encoded with each checkpoint's own VAE and text encoder when it is a complete
+pipeline folder (`vae/`, `text_encoder/`, `tokenizer/`), else with its run's base (a training
+checkpoint) or `model.pretrained_model_name_or_path`; the log says which. Clips are encoded once per
+set of encoders, and every checkpoint sees the same noise. The clip geometry
 and every other setting come from the trainer's config (defaults, `--config`, overrides).
 Writes `per_chunk_loss.{json,csv,png}` and `report.md` to `OUT`.
 """
@@ -41,6 +44,7 @@ from .config import FinetuneConfig, lact_config, load_config, split_argv
 
 logger = logging.getLogger("validate")
 RUN_CONFIG = "finetune_config.yaml"
+ENCODER_FOLDERS = ("vae", "text_encoder", "tokenizer")  # what a checkpoint needs to encode clips itself
 
 
 def parse_args(argv):
@@ -72,12 +76,14 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config([*overrides, source, *base_override(checkpoints, overrides)])
     names = unique_names(args.names or [path.name for path in checkpoints], checkpoints)
 
-    # 2. Encode the clips once, with the base's VAE and text encoder
-    clips = encode_clips(config, data_dir, is_cache, args.max_clips)
+    # 2. Encode the clips once per VAE and text encoder: a checkpoint's own, else its base's
+    sources = [None if is_cache else encoder_source(path, kind, config) for path, kind in zip(checkpoints, kinds)]
+    encoded = {source: encode_clips(config, data_dir, source, args.max_clips) for source in dict.fromkeys(sources)}
 
-    # 3. Evaluate every checkpoint on the same clips and noise
+    # 3. Evaluate every checkpoint on the same noise (and the same clips where the encoders agree)
     results = {}
-    for name, path, kind in zip(names, checkpoints, kinds):
+    for name, path, kind, source in zip(names, checkpoints, kinds, sources):
+        clips = encoded[source]
         model = load_transformer(path, kind, config).eval()
         logger.info(
             "Evaluating %s (%s) on %d clips at %d noise levels", name, path, len(clips), len(args.noise_levels)
@@ -104,15 +110,44 @@ def base_override(checkpoints: list[pathlib.Path], overrides: list[str]) -> list
     ):
         return []
     for path in checkpoints:
-        if (path / "model_index.json").is_file():
+        if has_own_encoders(path):
             return [f"model.pretrained_model_name_or_path={path}"]
         if (path / MARKER).is_file() and (path.parent / RUN_CONFIG).is_file():
-            base = OmegaConf.load(path.parent / RUN_CONFIG).model.pretrained_model_name_or_path
-            return [f"model.pretrained_model_name_or_path={base}"]
+            return [f"model.pretrained_model_name_or_path={run_base(path)}"]
+    looked = ", ".join(str(path / part) for path in checkpoints for part in ENCODER_FOLDERS)
     raise ValueError(
-        "None of the checkpoints holds a VAE and text encoder to encode the clips with; pass "
-        "model.pretrained_model_name_or_path=WAN_FOLDER."
+        f"None of the checkpoints holds a VAE and text encoder to encode the clips with (looked for {looked}, and "
+        f"for a training run's {RUN_CONFIG}); pass model.pretrained_model_name_or_path=WAN_FOLDER."
     )
+
+
+def has_own_encoders(path: pathlib.Path) -> bool:
+    """A complete pipeline folder: `model_index.json` and its own VAE, text encoder and tokenizer."""
+    return (path / "model_index.json").is_file() and all((path / part).is_dir() for part in ENCODER_FOLDERS)
+
+
+def run_base(path: pathlib.Path) -> str:
+    """The base model of the run that wrote training checkpoint `path`."""
+    return OmegaConf.load(path.parent / RUN_CONFIG).model.pretrained_model_name_or_path
+
+
+def encoder_source(path: pathlib.Path, kind: str, config: FinetuneConfig) -> str:
+    """Where the VAE, text encoder and tokenizer for checkpoint `path` come from, logged with where it looked.
+
+    A complete pipeline folder's own; for a training checkpoint, its run's base; else the config's
+    model.pretrained_model_name_or_path (a hub id is looked up on the Hugging Face Hub).
+    """
+    if has_own_encoders(path):
+        logger.info("%s: encoding the clips with its own VAE and text encoder", path)
+        return str(path)
+    own = ", ".join(part + "/" for part in ENCODER_FOLDERS)
+    if kind == "training" and (path.parent / RUN_CONFIG).is_file():
+        source, origin = run_base(path), f"its run's base ({path.parent / RUN_CONFIG})"
+    else:
+        source, origin = config.model.pretrained_model_name_or_path, "model.pretrained_model_name_or_path"
+    where = "a local folder" if pathlib.Path(source).is_dir() else "not a local folder: a Hugging Face Hub id"
+    logger.info("%s has no %s of its own: encoding with those of %s, %s (%s)", path, own, origin, source, where)
+    return source
 
 
 def unique_names(names: list[str], paths: list[pathlib.Path]) -> list[str]:
@@ -121,9 +156,14 @@ def unique_names(names: list[str], paths: list[pathlib.Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" for p in paths]
 
 
-def encode_clips(config: FinetuneConfig, data_dir: pathlib.Path, is_cache: bool, max_clips: int | None) -> list:
-    """(latents (1, C, F, h, w), prompt_embeds (1, L, D)) per clip, float32 on the CPU."""
-    if is_cache:
+def encode_clips(config: FinetuneConfig, data_dir: pathlib.Path, source: str | None, max_clips: int | None) -> list:
+    """(latents (1, C, F, h, w), prompt_embeds (1, L, D)) per clip, float32 on the CPU.
+
+    Args:
+        source: the folder or hub id of the VAE, text encoder and tokenizer (`encoder_source`); None for
+            a latent cache, which holds them encoded.
+    """
+    if source is None:
         dataset = LatentCacheDataset(data_dir, expected=config.data)
         items = (dataset[i] for i in range(len(dataset)))
         clips = [(item["latents"][None].float(), item["prompt_embeds"][None].float()) for item in items]
@@ -131,7 +171,14 @@ def encode_clips(config: FinetuneConfig, data_dir: pathlib.Path, is_cache: bool,
     from ..data.encode import encode_prompts, encode_videos, load_frozen_encoders
 
     # On the CPU; the VAE in float32, the text encoder in its checkpoint's dtype.
-    encoders = load_frozen_encoders(config.model.pretrained_model_name_or_path, revision=config.model.revision)
+    revision = config.model.revision if source == config.model.pretrained_model_name_or_path else None
+    try:
+        encoders = load_frozen_encoders(source, revision=revision)
+    except OSError as error:
+        raise OSError(
+            f"Could not load the VAE, text encoder and tokenizer from {source} ({error}). Give the checkpoint its own "
+            f"({', '.join(ENCODER_FOLDERS)}), or pass model.pretrained_model_name_or_path=WAN_FOLDER."
+        ) from error
     dataset = VideoFolderDataset(data_dir, config.data)
     clips = []
     with torch.no_grad():
