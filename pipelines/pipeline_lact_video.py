@@ -617,12 +617,12 @@ class LaCTVideoPipeline(DiffusionPipeline):
         )
         if settings.prompt_embeds is not None:
             prompt_embeds = _rows_per_video(prompt_embeds, batch_size, settings.num_videos_per_prompt)
-        if self.do_classifier_free_guidance and settings.negative_prompt_embeds is not None:
+        if not self.do_classifier_free_guidance:
+            negative_prompt_embeds = None  # one the caller supplied is not used without guidance
+        elif settings.negative_prompt_embeds is not None:
             negative_prompt_embeds = _rows_per_video(
                 negative_prompt_embeds, batch_size, settings.num_videos_per_prompt
             )
-        else:
-            negative_prompt_embeds = negative_prompt_embeds if self.do_classifier_free_guidance else None
         transformer_dtype = self.transformer.dtype
         prompt = _EncodedPrompt(*_same_length(prompt_embeds, negative_prompt_embeds, device, transformer_dtype))
 
@@ -809,14 +809,12 @@ class LaCTVideoPipeline(DiffusionPipeline):
     @torch.inference_mode()
     def decode_latents(self, latents: torch.Tensor, output_type: str = "np") -> np.ndarray | torch.Tensor | list:
         """Decode (B, C, F, h, w) normalised latents, as `output_type="latent"` returns them or a failed video
-        writer saves them, into frames as `__call__` returns them: the same chunk-wise decoding, so the same
-        frames. `F` must be whole chunks of the transformer's `chunk_frames`.
+        writer saves them, into frames as `__call__` returns them (`output_type` "np", "pt" or "pil"): the same
+        causal decoding, one latent frame at a time, so the same frames.
         """
-        if output_type not in OUTPUT_TYPES[:-1]:
-            raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES[:-1])}, got {output_type!r}.")
-        decoder = WanStreamingDecoder(self.vae)
-        chunks = latents.split(self.transformer.config.chunk_frames, dim=2)
-        frames = _concatenate_chunks((self._decode_chunk(c, decoder, [], output_type) for c in chunks), output_type)
+        if output_type not in ("np", "pt", "pil"):
+            raise ValueError(f"`output_type` must be 'np', 'pt' or 'pil', got {output_type!r}.")
+        frames = self._decode_chunk(latents, WanStreamingDecoder(self.vae), [], output_type)
         self.maybe_free_model_hooks()
         return frames
 
