@@ -162,6 +162,7 @@ class VideoStreamWriter:
         self.codec = container_codec(self.path)
         self.num_frames = 0
         pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        open(self.path, "wb").close()  # an unwritable path fails here, before any frame is generated
         self._messages = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall ffmpeg
         self._ffmpeg = subprocess.Popen(
             [_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",

@@ -174,6 +174,18 @@ def test_unsupported_containers_are_refused_before_any_step(pipe, tmp_path, name
     assert calls == [] and list(tmp_path.iterdir()) == []
 
 
+def test_unwritable_output_path_fails_before_any_step(pipe, tmp_path):
+    (tmp_path / "taken.mp4").mkdir()
+    calls = []
+    with pytest.raises(IsADirectoryError, match="taken.mp4"):
+        pipe(
+            **call_kwargs(prompt=PROMPTS[0], output_type="np"),
+            output_path=tmp_path / "taken.mp4",
+            callback_on_step_end=lambda p, i, t, kw: calls.append(i) or {},
+        )
+    assert calls == []
+
+
 def fake_ffmpeg(tmp_path, monkeypatch, body: str):
     """Run the writer's ffmpeg through a script: `-encoders` goes to the real one, encoding runs `body`."""
     script = tmp_path / "ffmpeg"
