@@ -207,12 +207,6 @@ class VideoStreamWriter:
             f"ffmpeg said: {messages or '(nothing)'}"
         )
 
-    def __enter__(self) -> "VideoStreamWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def video_paths(output_path: str | os.PathLike | list, num_videos: int) -> list[str]:
     """One file per video: a list is taken as is; one path for several videos gets `_0`, `_1`, ... suffixes."""
