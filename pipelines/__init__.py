@@ -1,6 +1,13 @@
 """diffusers pipelines for lact-video."""
 
 from .pipeline_lact_video import LaCTVideoPipeline, LaCTVideoPipelineOutput
-from .streaming import Mp4StreamWriter, WanStreamingDecoder
+from .streaming import VideoStreamWriter, VideoWriteError, WanStreamingDecoder, WrittenVideo
 
-__all__ = ["LaCTVideoPipeline", "LaCTVideoPipelineOutput", "Mp4StreamWriter", "WanStreamingDecoder"]
+__all__ = [
+    "LaCTVideoPipeline",
+    "LaCTVideoPipelineOutput",
+    "VideoStreamWriter",
+    "VideoWriteError",
+    "WanStreamingDecoder",
+    "WrittenVideo",
+]

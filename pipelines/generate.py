@@ -1,4 +1,4 @@
-"""Generate a video of any length with LaCTVideoPipeline, streamed to an mp4 chunk by chunk.
+"""Generate a video of any length with LaCTVideoPipeline, streamed to a video file chunk by chunk.
 
     python scripts/generate.py --model DIR --prompt "a red car drives down a mountain road" \\
         --num_frames 241 --height 480 --width 832 --output video.mp4
@@ -18,6 +18,7 @@ import lact_video
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 
 from .pipeline_lact_video import LaCTVideoPipeline
+from .streaming import CONTAINER_CODECS, container_codec
 
 
 def parse_lact_options(items: list[str], parser: argparse.ArgumentParser) -> dict:
@@ -57,7 +58,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max_sequence_length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fps", type=int, default=16)
-    parser.add_argument("--output", default="video.mp4")
+    parser.add_argument(
+        "--output", default="video.mp4", help=f"the video file: {', '.join(CONTAINER_CODECS)} (default: video.mp4)"
+    )
     parser.add_argument(
         "--compile",
         nargs="?",
@@ -71,6 +74,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.lact and not args.from_wan:
         parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
+    try:  # before any model loads
+        container_codec(args.output)
+    except ValueError as error:
+        parser.error(f"--output: {error}")
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -97,7 +104,8 @@ def main(argv=None) -> None:
         output_path=args.output,
         fps=args.fps,
     )
-    print(f"Wrote {out.video_paths[0]} ({args.num_frames} frames) in {time.perf_counter() - start:.1f} s")
+    # What the file holds, read back from it (num_frames may have been rounded to whole chunks).
+    print(f"Wrote {out.written_videos[0]} in {time.perf_counter() - start:.1f} s")
 
 
 def cli() -> None:

@@ -12,14 +12,18 @@ latent height/width, `H, W` video height/width.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
+import pathlib
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, DiffusionPipeline, WanPipeline, WanTransformer3DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
@@ -42,13 +46,29 @@ from lact_video.models import LaCTWanTransformer3DModel
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
 
-from .streaming import Mp4StreamWriter, WanStreamingDecoder, video_paths
+from .streaming import (
+    VideoStreamWriter,
+    VideoWriteError,
+    WanStreamingDecoder,
+    WrittenVideo,
+    container_codec,
+    video_paths,
+)
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 # `from_pretrained` keywords that say where to find the files (also needed to read `model_index.json`).
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+# Every keyword `DiffusionPipeline.from_pretrained` takes besides components and config values. diffusers takes them
+# as `kwargs.pop(...)` calls, not as a signature; tests/test_pipeline_inputs.py checks this list against its source.
+DIFFUSERS_LOADING_KWARGS = (
+    *_HUB_KWARGS,
+    *("custom_pipeline", "custom_revision", "device_map", "disable_mmap", "dtype", "load_connected_pipeline"),
+    *("low_cpu_mem_usage", "max_memory", "offload_folder", "offload_state_dict", "provider", "provider_options"),
+    *("quantization_config", "sess_options", "torch_dtype", "trust_remote_code", "use_flashpack", "use_onnx"),
+    *("use_safetensors", "variant"),
+)
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -74,10 +94,12 @@ class LaCTVideoPipelineOutput(WanPipelineOutput):
     Args:
         frames: as in `WanPipelineOutput`: np (B, F, H, W, 3), pt (B, F, 3, H, W), a list of lists of PIL
             images, or latents (B, C, F, h, w). `None` when the videos went to `output_path` instead.
-        video_paths: the mp4 files written (one per video) when `output_path` was given.
+        video_paths: the video files written (one per video) when `output_path` was given.
+        written_videos: what those files hold, read back from them: frames, size, fps and codec.
     """
 
     video_paths: list[str] | None = None
+    written_videos: list[WrittenVideo] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,10 +147,71 @@ class _EncodedPrompt:
     text_context: TextContext | None = None
 
 
+def _rows_per_video(embeds: torch.Tensor, batch_size: int, num_videos_per_prompt: int) -> torch.Tensor:
+    """Caller-supplied embeddings, (batch_size or 1, L, D), as one row per video, (batch_size * n, L, D): every
+    prompt's copies side by side, the order `WanPipeline.encode_prompt` gives encoded prompts. One row serves
+    every prompt, as one negative prompt string does."""
+    return embeds.expand(batch_size, -1, -1).repeat_interleave(num_videos_per_prompt, dim=0)
+
+
+def _same_length(
+    embeds: torch.Tensor, negative_embeds: torch.Tensor | None, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Both guidance branches' embeddings (B, L, D) and (B, L', D) on `device` in `dtype`, the shorter padded with
+    zero rows to the longer length, so that they batch as rows of one forward. Wan pads every prompt with zeros
+    to `max_sequence_length` (`WanPipeline._get_t5_prompt_embeds`), so this equals encoding both at the longer
+    length."""
+    embeds = embeds.to(device=device, dtype=dtype)
+    if negative_embeds is None:
+        return embeds, None
+    negative_embeds = negative_embeds.to(device=device, dtype=dtype)
+    length = max(embeds.shape[1], negative_embeds.shape[1])
+    embeds, negative_embeds = (F.pad(x, (0, 0, 0, length - x.shape[1])) for x in (embeds, negative_embeds))
+    return embeds, negative_embeds
+
+
+def _concatenate_chunks(chunks: Iterator[np.ndarray | torch.Tensor | list], output_type: str):
+    """Chunks' frames (see `LaCTVideoPipeline.stream`) joined along the frame axis, as `__call__` returns them."""
+    if output_type == "np":
+        return np.concatenate(list(chunks), axis=1)
+    if output_type == "pil":
+        videos = None
+        for frames in chunks:
+            videos = frames if videos is None else [v + f for v, f in zip(videos, frames)]
+        return videos
+    return torch.cat(list(chunks), dim=1 if output_type == "pt" else 2)  # pt: (B, F, 3, H, W); latent: (B, C, F, h, w)
+
+
 def _as_normal_tensor(x: torch.Tensor) -> torch.Tensor:
     """A copy of an inference-mode tensor that can be modified in place outside inference mode."""
     with torch.inference_mode(False):
         return x.clone()
+
+
+def _init_parameters(pipeline_class: type[DiffusionPipeline]) -> tuple[str, ...]:
+    """The components and config values a pipeline class takes, by name (keywords of its `from_pretrained`)."""
+    return tuple(name for name in inspect.signature(pipeline_class.__init__).parameters if name != "self")
+
+
+def _check_known_kwargs(kwargs: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    """Refuse keywords that neither `where` nor `DiffusionPipeline.from_pretrained` takes, which diffusers would
+    ignore with a warning: a mistyped LaCT key (`chunk_frame=3`) would load a model with the default instead.
+
+    Raises:
+        ValueError: naming each unknown keyword and its closest known one.
+    """
+    known = (*known, *DIFFUSERS_LOADING_KWARGS)
+    unknown = [key for key in kwargs if key not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"{where} got unknown keyword arguments: {', '.join(hints)}. It takes the LaCT config keys "
+            f"({', '.join(LACT_CONFIG_KEYS)}; for a plain Wan2.1 folder only), the pipeline's components, and the "
+            "loading keywords of `DiffusionPipeline.from_pretrained`."
+        )
 
 
 class LaCTVideoPipeline(DiffusionPipeline):
@@ -144,10 +227,12 @@ class LaCTVideoPipeline(DiffusionPipeline):
         vae ([`AutoencoderKLWan`]): the Wan VAE, decoded chunk by chunk with its causal cache.
         scheduler ([`UniPCMultistepScheduler`] or [`FlowMatchEulerDiscreteScheduler`]): flow-matching scheduler,
             reset for every chunk.
-        transformer ([`LaCTWanTransformer3DModel`]): the LaCT transformer.
+        transformer ([`LaCTWanTransformer3DModel`], *optional*): the LaCT transformer. As in `WanPipeline`, it may
+            be `None`, e.g. to encode prompts alone; generating then raises.
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["transformer"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -156,10 +241,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
         text_encoder: UMT5EncoderModel,
         vae: AutoencoderKLWan,
         scheduler: UniPCMultistepScheduler | FlowMatchEulerDiscreteScheduler,
-        transformer: LaCTWanTransformer3DModel,
+        transformer: LaCTWanTransformer3DModel | None = None,
     ):
         super().__init__()
-        if not isinstance(transformer, LaCTWanTransformer3DModel):
+        if transformer is not None and not isinstance(transformer, LaCTWanTransformer3DModel):
             raise TypeError(
                 f"LaCTVideoPipeline needs a LaCTWanTransformer3DModel, got {type(transformer).__name__}. To start "
                 "from a plain Wan2.1 base model, use `LaCTVideoPipeline.from_wan(path, **lact_config)`."
@@ -193,6 +278,11 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 `LaCTWanTransformer3DModel`; the deprecated names warn); any other keyword goes to
                 `WanPipeline.from_pretrained`.
         """
+        _check_known_kwargs(
+            kwargs,
+            (*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS, *_init_parameters(WanPipeline)),
+            "LaCTVideoPipeline.from_wan",
+        )
         lact_config = {key: kwargs.pop(key) for key in (*LACT_CONFIG_KEYS, *DEPRECATED_LACT_KEYS) if key in kwargs}
         components = {}
         if rope_max_seq_len is not None:  # a config override: load the transformer ourselves
@@ -243,6 +333,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 "already holds a LaCT transformer, whose config sets them (and whose weights depend on them). Load it "
                 "without them, or patch the Wan base again with `LaCTVideoPipeline.from_wan(base, ...)`."
             )
+        _check_known_kwargs(kwargs, _init_parameters(cls), "LaCTVideoPipeline.from_pretrained")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # Prompt encoding is exactly Wan's (it only touches the tokenizer and the text encoder): reuse it.
@@ -294,6 +385,48 @@ class LaCTVideoPipeline(DiffusionPipeline):
 
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+
+    @staticmethod
+    def check_prompt_embeds(
+        batch_size: int, prompt_embeds: torch.Tensor | None, negative_prompt_embeds: torch.Tensor | None
+    ) -> None:
+        """Check embeddings the caller supplies against the prompt batch: (B, L, D) `prompt_embeds` and
+        (B or 1, L', D) `negative_prompt_embeds`, B the number of prompts. Any L, L': the shorter is padded.
+
+        Raises:
+            ValueError: naming both shapes, when the rows or the embedding width D do not match.
+        """
+        supplied = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
+        supplied = {name: x for name, x in supplied.items() if x is not None}
+        shapes = ", ".join(f"`{name}` {tuple(x.shape)}" for name, x in supplied.items())
+        for name, x in supplied.items():
+            rows = (batch_size,) if name == "prompt_embeds" else (batch_size, 1)
+            if x.ndim != 3 or x.shape[0] not in rows:
+                raise ValueError(
+                    f"`{name}` must be (B, L, D) with B = {' or '.join(map(str, rows))} (one row per prompt; "
+                    f"`num_videos_per_prompt` repeats them), for {batch_size} prompt(s); got {shapes}."
+                )
+        if len({x.shape[2] for x in supplied.values()}) > 1:
+            raise ValueError(f"The embeddings' widths D differ: {shapes}. Encode both with the same text encoder.")
+
+    def check_output_path(
+        self, output_path: str | os.PathLike | list | None, output_type: str, num_videos: int
+    ) -> list[str]:
+        """The video file of every video (see `video_paths`), each checked before any denoising step: its container
+        must be one the writer encodes (`pipelines.streaming.CONTAINER_CODECS`). (`VideoStreamWriter` opens the
+        files before the first step too, so an unwritable path fails then.)
+
+        Raises:
+            ValueError: naming the file and the supported containers.
+        """
+        if output_path is None:
+            return []
+        if output_type == "latent":
+            raise ValueError("`output_path` writes decoded frames; it cannot be used with output_type='latent'.")
+        paths = video_paths(output_path, num_videos)
+        for path in paths:
+            container_codec(path)
+        return paths
 
     def check_num_frames(self, num_frames: int) -> int:
         """Round `num_frames` to whole chunks and check it against the rotary table; returns the new value.
@@ -397,8 +530,10 @@ class LaCTVideoPipeline(DiffusionPipeline):
         `__call__`'s `frames`: np (B, f, H, W, 3) floats in [0, 1], pt (B, f, 3, H, W), a list of B lists of PIL
         images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k`;
         concatenating them along the frame axis gives `__call__`'s frames. With `output_path`, the frames are
-        also appended to mp4 file(s) as they come. Nothing accumulates: memory stays flat however long the
-        video is. Stopping the iteration early closes the files with the chunks so far.
+        also appended to video file(s) as they come, and what the files hold is logged when they close. No frames
+        accumulate, so memory stays flat however long the video is (but for the latents kept while writing
+        files, 1/48 of the frames' size; see `__call__`). Stopping the iteration early closes the files with the
+        chunks so far.
 
         Generation runs under `torch.inference_mode`. The tensors yielded here are ordinary tensors, but those a
         `callback_on_step_end` receives are inference tensors: to keep one and edit it in place after the call,
@@ -417,13 +552,23 @@ class LaCTVideoPipeline(DiffusionPipeline):
     # autograd's view and version bookkeeping on each pays (README, Benchmarks). Yielded tensors are copied out
     # of inference mode (`_as_normal_tensor`), so callers may still modify them in place.
     @torch.inference_mode()
-    def _generate(self, settings: _GenerationSettings) -> Iterator[np.ndarray | torch.Tensor | list]:
-        """The generation behind `stream` and `__call__`: yields every chunk's frames (see `stream`)."""
+    def _generate(
+        self, settings: _GenerationSettings, written_videos: list[WrittenVideo] | None = None
+    ) -> Iterator[np.ndarray | torch.Tensor | list]:
+        """The generation behind `stream` and `__call__`: yields every chunk's frames (see `stream`).
+
+        With `output_path`, what the files hold (read back from them) is logged and appended to `written_videos`.
+        """
         callback = settings.callback_on_step_end
         if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
             settings = replace(settings, callback_on_step_end_tensor_inputs=callback.tensor_inputs)
 
         # 1. Check inputs. Raise error if not correct
+        if self.transformer is None:
+            raise ValueError(
+                "This LaCTVideoPipeline has no transformer (built with transformer=None, which is enough for "
+                "`encode_prompt`). Load one to generate: `LaCTVideoPipeline.from_pretrained(path)`."
+            )
         self.check_inputs(
             settings.prompt,
             settings.negative_prompt,
@@ -434,8 +579,6 @@ class LaCTVideoPipeline(DiffusionPipeline):
             settings.callback_on_step_end_tensor_inputs,
             settings.output_type,
         )
-        if settings.output_path is not None and settings.output_type == "latent":
-            raise ValueError("`output_path` writes decoded frames; it cannot be used with output_type='latent'.")
         num_frames = self.check_num_frames(settings.num_frames)
         num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
         num_chunks = check_chunking(num_latent_frames, self.transformer.config.chunk_frames)
@@ -447,15 +590,18 @@ class LaCTVideoPipeline(DiffusionPipeline):
 
         device = self._execution_device
 
-        # 2. Define call parameters
+        # 2. Define call parameters, and check the output files before any work
         if settings.prompt is not None and isinstance(settings.prompt, str):
             batch_size = 1
         elif settings.prompt is not None and isinstance(settings.prompt, list):
             batch_size = len(settings.prompt)
         else:
             batch_size = settings.prompt_embeds.shape[0]
+        self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
+        num_videos = batch_size * settings.num_videos_per_prompt
+        paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
 
-        # 3. Encode input prompt
+        # 3. Encode input prompt; embeddings the caller supplied get the rows and length of encoded ones
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt=settings.prompt,
             negative_prompt=settings.negative_prompt,
@@ -466,12 +612,16 @@ class LaCTVideoPipeline(DiffusionPipeline):
             num_videos_per_prompt=settings.num_videos_per_prompt,
             max_sequence_length=settings.max_sequence_length,
         )
-
+        if settings.prompt_embeds is not None:
+            prompt_embeds = _rows_per_video(prompt_embeds, batch_size, settings.num_videos_per_prompt)
+        if not self.do_classifier_free_guidance:
+            negative_prompt_embeds = None  # one the caller supplied is not used without guidance
+        elif settings.negative_prompt_embeds is not None:
+            negative_prompt_embeds = _rows_per_video(
+                negative_prompt_embeds, batch_size, settings.num_videos_per_prompt
+            )
         transformer_dtype = self.transformer.dtype
-        prompt_embeds = prompt_embeds.to(transformer_dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(transformer_dtype)
-        prompt = _EncodedPrompt(prompt_embeds, negative_prompt_embeds)
+        prompt = _EncodedPrompt(*_same_length(prompt_embeds, negative_prompt_embeds, device, transformer_dtype))
 
         # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of
         # callback calls) is chunks x steps.
@@ -479,7 +629,6 @@ class LaCTVideoPipeline(DiffusionPipeline):
         self._num_timesteps = num_chunks * len(self.scheduler.timesteps)
 
         # 5. Prepare latent variables (lazily, chunk by chunk), the inference state and the outputs
-        num_videos = batch_size * settings.num_videos_per_prompt
         chunk_noise = self.prepare_latents(
             num_videos,
             self.transformer.config.in_channels,
@@ -496,10 +645,11 @@ class LaCTVideoPipeline(DiffusionPipeline):
         if decoder is not None and self.vae.use_tiling:
             logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
         writers = []
+        # With files to write, the chunks' latents (1/48 of the frames' size) are kept, so that a failing
+        # writer loses none of the generated video (`_close_writers` saves them).
+        kept_latents = []
         try:
-            if settings.output_path is not None:
-                paths = video_paths(settings.output_path, num_videos)
-                writers = [Mp4StreamWriter(p, settings.height, settings.width, settings.fps) for p in paths]
+            writers.extend(VideoStreamWriter(p, settings.height, settings.width, settings.fps) for p in paths)
 
             # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
             with self.progress_bar(total=self._num_timesteps) as progress_bar:
@@ -520,13 +670,48 @@ class LaCTVideoPipeline(DiffusionPipeline):
                         state, prompt = self._commit_chunk(latents, state, prompt)
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
+                    if writers:
+                        kept_latents.append(latents.cpu())
                     yield self._decode_chunk(latents, decoder, writers, settings.output_type)
         finally:
             # 7. Close the files (also when the caller stops early) and offload all models
-            for writer in writers:
-                writer.close()
             self._current_chunk = None
             self.maybe_free_model_hooks()
+            written = self._close_writers(writers, kept_latents)
+            if written_videos is not None:
+                written_videos.extend(written)
+
+    def _close_writers(self, writers: list[VideoStreamWriter], kept_latents: list[torch.Tensor]) -> list[WrittenVideo]:
+        """Close every file and return what each holds; if any writer failed, save the generated latents
+        (B, C, f, h, w) with `torch.save` (next to the first file, or in the temporary folder) and raise.
+
+        Raises:
+            VideoWriteError: naming every failed file, ffmpeg's words, and where the latents are.
+        """
+        written, failures = [], []
+        for writer in writers:
+            try:
+                written.append(writer.close())
+            except VideoWriteError as error:
+                failures.append(str(error))
+        for video in written:
+            logger.info(f"Wrote {video}")
+        if not failures:
+            return written
+        latents = torch.cat(kept_latents, dim=2) if kept_latents else None
+        where = "no chunk was generated, so no latents are saved"
+        if latents is not None:
+            path = pathlib.Path(writers[0].path).with_suffix(".latents.pt")
+            try:
+                torch.save(latents, path)
+            except OSError:
+                path = pathlib.Path(tempfile.mkdtemp(prefix="lact_video_")) / path.name
+                torch.save(latents, path)
+            where = (
+                f"the generated latents {tuple(latents.shape)} (B, C, F, h, w) of all {len(writers)} videos are saved "
+                f"in {path}: `pipe.decode_latents(torch.load({str(path)!r}))` gives their frames"
+            )
+        raise VideoWriteError(" | ".join(failures) + f". Nothing generated is lost: {where}.")
 
     def _denoise_chunk(
         self,
@@ -577,7 +762,11 @@ class LaCTVideoPipeline(DiffusionPipeline):
                 embeds = callback_outputs.pop("prompt_embeds", prompt.embeds)
                 negative_embeds = callback_outputs.pop("negative_prompt_embeds", prompt.negative_embeds)
                 if embeds is not prompt.embeds or negative_embeds is not prompt.negative_embeds:
-                    prompt = _EncodedPrompt(embeds, negative_embeds)  # without `text_context`: projected anew
+                    self.check_prompt_embeds(len(latents), embeds, negative_embeds)
+                    if negative_embeds is not None:
+                        negative_embeds = _rows_per_video(negative_embeds, len(latents), 1)
+                    embeds = _same_length(embeds, negative_embeds, latents.device, self.transformer.dtype)
+                    prompt = _EncodedPrompt(*embeds)  # without `text_context`: projected anew
             progress_bar.update()
         self._current_timestep = None
         return latents, prompt
@@ -596,7 +785,7 @@ class LaCTVideoPipeline(DiffusionPipeline):
         self,
         latents: torch.Tensor,
         decoder: WanStreamingDecoder | None,
-        writers: list[Mp4StreamWriter],
+        writers: list[VideoStreamWriter],
         output_type: str,
     ) -> np.ndarray | torch.Tensor | list:
         """A finished chunk's frames in `output_type` (see `stream`), from its (B, C, k, h, w) latents.
@@ -613,6 +802,18 @@ class LaCTVideoPipeline(DiffusionPipeline):
             for writer, video_frames in zip(writers, np_frames):
                 writer.write(video_frames)
         return _as_normal_tensor(frames) if output_type == "pt" else frames
+
+    @torch.inference_mode()
+    def decode_latents(self, latents: torch.Tensor, output_type: str = "np") -> np.ndarray | torch.Tensor | list:
+        """Decode (B, C, F, h, w) normalised latents, as `output_type="latent"` returns them or a failed video
+        writer saves them, into frames as `__call__` returns them (`output_type` "np", "pt" or "pil"): the same
+        causal decoding, one latent frame at a time, so the same frames.
+        """
+        if output_type not in ("np", "pt", "pil"):
+            raise ValueError(f"`output_type` must be 'np', 'pt' or 'pil', got {output_type!r}.")
+        frames = self._decode_chunk(latents, WanStreamingDecoder(self.vae), [], output_type)
+        self.maybe_free_model_hooks()
+        return frames
 
     def _guidance_rows(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, k, h, w) latents -> the transformer's input (rows, C, k, h, w) in its dtype.
@@ -722,35 +923,31 @@ class LaCTVideoPipeline(DiffusionPipeline):
             max_sequence_length (`int`, defaults to `512`):
                 The maximum sequence length of the text encoder.
             output_path (`str`, `os.PathLike` or a list, *optional*):
-                Write the video(s) to mp4 incrementally instead of returning frames: memory stays flat however
-                long the video. One path for several videos gets `_0`, `_1`, ... suffixes.
-            fps (`int`, defaults to 16): frame rate of the mp4 written to `output_path`.
+                Write the video(s) to files incrementally instead of returning frames: .mp4, .mov, .mkv (H.264) or
+                .webm (VP9), checked before the first step (other containers raise `ValueError`). One path for
+                several videos gets `_0`, `_1`, ... suffixes. The chunks' latents are kept meanwhile (1/48 of the
+                frames' size): if ffmpeg fails, a `VideoWriteError` says where they were saved.
+            fps (`int`, defaults to 16): frame rate of the files written to `output_path`.
 
         Examples:
 
         Returns:
-            `LaCTVideoPipelineOutput` or `tuple`: `frames` as in `WanPipelineOutput` (or `video_paths` when
-            `output_path` is given); as a tuple, the fields that are set.
+            `LaCTVideoPipelineOutput` or `tuple`: `frames` as in `WanPipelineOutput` (or `video_paths` and
+            `written_videos`, what the files hold, when `output_path` is given); as a tuple, the fields that are set.
         """
         # 1. Generate chunk by chunk. Every argument but `return_dict` is a setting of the generation, and this
         # first statement's `locals()` holds exactly the arguments.
-        chunks = self._generate(_GenerationSettings.from_arguments(locals()))
+        written_videos = []
+        chunks = self._generate(_GenerationSettings.from_arguments(locals()), written_videos)
 
         # 2. Write the video files, or gather the chunks along the frame axis
         if output_path is not None:
-            for frames in chunks:  # every chunk goes to the files only: nothing accumulates
+            for _ in chunks:  # every chunk goes to the files only: nothing accumulates
                 pass
-            # `stream` always yields at least chunk 0; `frames` is the last chunk, one entry per video.
-            output = LaCTVideoPipelineOutput(frames=None, video_paths=video_paths(output_path, len(frames)))
-        elif output_type == "np":
-            output = LaCTVideoPipelineOutput(frames=np.concatenate(list(chunks), axis=1))
-        elif output_type == "pil":
-            videos = None
-            for frames in chunks:
-                videos = frames if videos is None else [v + f for v, f in zip(videos, frames)]
-            output = LaCTVideoPipelineOutput(frames=videos)
-        else:  # "pt": (B, F, 3, H, W); "latent": (B, C, F, h, w)
-            output = LaCTVideoPipelineOutput(frames=torch.cat(list(chunks), dim=1 if output_type == "pt" else 2))
+            paths = [video.path for video in written_videos]
+            output = LaCTVideoPipelineOutput(frames=None, video_paths=paths, written_videos=written_videos)
+        else:
+            output = LaCTVideoPipelineOutput(frames=_concatenate_chunks(chunks, output_type))
 
         if not return_dict:
             return output.to_tuple()

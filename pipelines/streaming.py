@@ -1,14 +1,19 @@
-"""Streaming output for chunk-by-chunk generation: causal VAE decoding and incremental mp4 writing.
+"""Streaming output for chunk-by-chunk generation: causal VAE decoding and incremental video writing.
 
 Both objects hold a fixed amount of memory however long the video gets: the decoder keeps the Wan
 VAE's causal cache (the last two frames of every causal conv), the writer pipes each frame straight
-to ffmpeg. Together they let `LaCTVideoPipeline.stream` produce a video of any length.
+to ffmpeg (imageio-ffmpeg's binary), with a codec that fits the file's container. Together they let
+`LaCTVideoPipeline.stream` produce a video of any length.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
+import subprocess
+import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,38 +63,149 @@ class WanStreamingDecoder:
         return video.clamp(min=-1.0, max=1.0)
 
 
-class Mp4StreamWriter:
-    """Writes frames to an mp4 as they arrive (imageio-ffmpeg), holding none of them.
+@dataclass(frozen=True)
+class VideoCodec:
+    """An ffmpeg video encoder and its output options, for one kind of container."""
 
-    Frames are float RGB in [0, 1], converted to uint8 exactly as `diffusers.utils.export_to_video`
-    does. `macro_block_size=1` keeps the frame size (imageio would pad it to multiples of 16).
-    """
+    name: str  # the codec as ffmpeg's decoders report it back (`WrittenVideo.codec`)
+    encoder: str
+    options: tuple[str, ...]
 
-    def __init__(self, path: str | os.PathLike, height: int, width: int, fps: int = 16, quality: float = 5.0):
+
+_H264 = VideoCodec("h264", "libx264", ("-pix_fmt", "yuv420p", "-crf", "25"))
+# Output containers by file suffix, each with a codec it takes. WebM holds only VP8/VP9/AV1, so H.264 written
+# there is a broken file. GIF is refused: its palette is 8-bit, its frame delays are whole 1/100 s (16 fps
+# becomes 16.67), and decord, the reader of this project's training data, cannot open it.
+CONTAINER_CODECS = {
+    ".mp4": _H264,
+    ".mov": _H264,
+    ".mkv": _H264,
+    ".webm": VideoCodec("vp9", "libvpx-vp9", ("-pix_fmt", "yuv420p", "-crf", "32", "-b:v", "0", "-row-mt", "1")),
+}
+
+
+class VideoWriteError(RuntimeError):
+    """ffmpeg failed to write a video file (its exit status and message are in the error's text)."""
+
+
+@dataclass(frozen=True)
+class WrittenVideo:
+    """What a video file holds, as read back from it after writing (not as requested)."""
+
+    path: str
+    num_frames: int
+    width: int
+    height: int
+    fps: float
+    codec: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.num_frames} frames, {self.width}x{self.height}, {self.fps:g} fps, {self.codec})"
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "WrittenVideo":
+        """Probe `path` with imageio-ffmpeg's ffmpeg: the frames are counted by demuxing the whole file."""
         import imageio_ffmpeg
 
-        self.path = str(path)
-        pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._frames = imageio_ffmpeg.write_frames(
-            self.path, (width, height), fps=fps, quality=quality, macro_block_size=1
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)  # the header only; closing stops ffmpeg before it decodes frames
+        reader.close()
+        num_frames, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+        width, height = meta["size"]
+        return cls(str(path), num_frames, width, height, meta["fps"], meta["codec"].split()[0].rstrip(","))
+
+
+def container_codec(path: str | os.PathLike) -> VideoCodec:
+    """The codec `VideoStreamWriter` encodes `path` with, chosen by its suffix.
+
+    Raises:
+        ValueError: the suffix is not one of `CONTAINER_CODECS`, or the bundled ffmpeg lacks its encoder.
+    """
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix not in CONTAINER_CODECS:
+        supported = ", ".join(f"{s} ({c.name})" for s, c in CONTAINER_CODECS.items())
+        hint = " For a GIF, use output_type='pil' and `diffusers.utils.export_to_gif`." if suffix == ".gif" else ""
+        raise ValueError(f"Cannot write a video to {path}: supported containers are {supported}.{hint}")
+    codec = CONTAINER_CODECS[suffix]
+    if codec.encoder not in _ffmpeg_encoders():
+        raise ValueError(
+            f"Cannot write {path}: the ffmpeg of imageio-ffmpeg ({_ffmpeg_exe()}) has no {codec.encoder} encoder. "
+            "Choose another container, or point the IMAGEIO_FFMPEG_EXE environment variable to an ffmpeg that has it."
         )
-        self._frames.send(None)  # start ffmpeg
+    return codec
+
+
+def _ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.cache
+def _ffmpeg_encoders() -> frozenset[str]:
+    """The names of the video encoders the ffmpeg binary offers."""
+    listing = subprocess.run([_ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True, check=True)
+    return frozenset(line.split()[1] for line in listing.stdout.splitlines() if line.startswith(" V"))
+
+
+class VideoStreamWriter:
+    """Writes frames to a video file as they arrive, holding none of them, and checks what ffmpeg wrote.
+
+    The codec follows the container (`container_codec`: H.264 for mp4/mov/mkv, VP9 for webm). Frames are float
+    RGB in [0, 1], converted to uint8 as `diffusers.utils.export_to_video` does, at their own size. ffmpeg runs
+    here rather than through `imageio_ffmpeg.write_frames`, which neither checks ffmpeg's exit status nor keeps
+    its messages: `close` raises `VideoWriteError` when ffmpeg failed or the file does not hold every frame sent.
+    """
+
+    def __init__(self, path: str | os.PathLike, height: int, width: int, fps: int = 16):
+        self.path = str(path)
+        self.codec = container_codec(self.path)
         self.num_frames = 0
+        pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        open(self.path, "wb").close()  # an unwritable path fails here, before any frame is generated
+        self._messages = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall ffmpeg
+        self._ffmpeg = subprocess.Popen(
+            [_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+             "-r", str(fps), "-i", "-", "-an", "-c:v", self.codec.encoder, *self.codec.options, self.path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self._messages,
+        )  # fmt: skip
 
     def write(self, frames: np.ndarray) -> None:
-        """frames: (f, H, W, 3) float in [0, 1]."""
-        for frame in (frames * 255).astype(np.uint8):
-            self._frames.send(np.ascontiguousarray(frame))
+        """frames: (f, H, W, 3) float in [0, 1]. Raises `VideoWriteError` if ffmpeg has stopped."""
+        try:
+            self._ffmpeg.stdin.write((frames * 255).astype(np.uint8).tobytes())
+        except (BrokenPipeError, ValueError) as error:  # ValueError: written after `close`
+            raise VideoWriteError(self._failure(f"ffmpeg stopped taking frames ({error})")) from error
         self.num_frames += len(frames)
 
-    def close(self) -> None:
-        self._frames.close()
+    def close(self) -> WrittenVideo:
+        """Finish the file and read back what it holds. Raises `VideoWriteError` if ffmpeg failed."""
+        if not self._ffmpeg.stdin.closed:
+            try:
+                self._ffmpeg.stdin.close()
+            except BrokenPipeError:
+                pass  # ffmpeg has exited: its status says why
+        status = self._ffmpeg.wait()
+        if status != 0:
+            raise VideoWriteError(self._failure(f"ffmpeg exited with status {status}"))
+        self._messages.close()
+        written = WrittenVideo.read(self.path)
+        if written.num_frames != self.num_frames:
+            raise VideoWriteError(self._failure(f"the file holds {written.num_frames} frames"))
+        return written
 
-    def __enter__(self) -> "Mp4StreamWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _failure(self, what: str) -> str:
+        """The message of a `VideoWriteError`: the file, the codec, the frames sent, what failed, ffmpeg's words."""
+        messages = ""
+        if not self._messages.closed:
+            self._messages.seek(0)
+            messages = self._messages.read().decode(errors="replace").strip()[-2000:]
+        return (
+            f"Writing {self.path} ({self.codec.encoder}, {self.num_frames} frames sent): {what}. "
+            f"ffmpeg said: {messages or '(nothing)'}"
+        )
 
 
 def video_paths(output_path: str | os.PathLike | list, num_videos: int) -> list[str]:

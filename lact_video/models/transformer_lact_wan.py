@@ -80,6 +80,12 @@ class LaCTTransformerOutput(BaseOutput):
     state: LaCTState | None = None
     text_context: TextContext | None = None
 
+    def to_tuple(self) -> tuple:
+        """`(sample, state, text_context)`, `None`s included, as `return_dict=False` returns them: the same
+        positions in every mode. (`BaseOutput.to_tuple` drops `None` fields, which would shift `state` to
+        position 0 in `COMMIT`; integer indexing, `output[i]`, goes through this method too.)"""
+        return (self.sample, self.state, self.text_context)
+
 
 class LaCTWanTransformerBlock(WanTransformerBlock):
     """A Wan block whose `attn1` is `LaCTAttention`, over segment-shaped tokens (B, S, T, D).
@@ -418,8 +424,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             new_layer_states.append(layer_state)
         if mode is ForwardMode.COMMIT:
             new_state = LaCTState(tuple(new_layer_states), state.num_chunks + 1)
-            output = (None, new_state, text_context)
-            return LaCTTransformerOutput(*output) if return_dict else output
+            output = LaCTTransformerOutput(None, new_state, text_context)
+            return output if return_dict else output.to_tuple()
 
         # 4. Output norm and projection, for the noisy segments only
         if layout is not None:
@@ -438,8 +444,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
             output = output.permute(0, 2, 3, 1, 4, 5, 6).flatten(3, 4)  # (B, R, C, F, H, W)
         else:
             output = output[:, 0]  # (B, C, k, H, W)
-        output = (output, state, text_context)
-        return LaCTTransformerOutput(*output) if return_dict else output
+        output = LaCTTransformerOutput(output, state, text_context)
+        return output if return_dict else output.to_tuple()
 
 
 def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_norm, config) -> None:
