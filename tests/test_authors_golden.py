@@ -26,6 +26,7 @@ What their code does that lact-video-spec does not say (read there, for whoever 
 """
 
 import dataclasses
+import pathlib
 
 import pytest
 import torch
@@ -36,7 +37,7 @@ from lact_video import LaCTWanTransformer3DModel
 from lact_video.convert import convert_minvid_state_dict, to_minvid_state_dict
 from lact_video.ops.fast_weight import fast_weight_teacher_forcing, fast_weight_update, row_norms
 
-GOLDEN = load_file(__import__("pathlib").Path(__file__).parent / "fixtures" / "authors_golden.safetensors")
+GOLDEN = load_file(pathlib.Path(__file__).parent / "fixtures" / "authors_golden.safetensors")
 NUM_HEADS, HIDDEN_DIM, HEAD_DIM = GOLDEN["w0"].shape  # Hf, dh, d
 LENGTH = GOLDEN["q"].shape[1]
 NUM_CHUNKS = 3
