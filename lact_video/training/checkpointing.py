@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from ..models.formats import CHECKPOINT_FORMAT_KEY, FORMAT_VERSION
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
@@ -106,6 +108,7 @@ def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: i
             "num_processes": accelerator.num_processes,
             "ema": None if ema is None else ("sharded" if ema.sharded else "full"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            CHECKPOINT_FORMAT_KEY: FORMAT_VERSION,  # the meaning of the weights (lact_video.models.formats)
             **(info or {}),
         }
         with open(tmp / MARKER, "w") as stream:

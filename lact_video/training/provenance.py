@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from .. import __version__
+from ..models.formats import CHECKPOINT_FORMAT_KEY, FORMAT_VERSION, saved_format
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, rename_deprecated
 from .checkpointing import MARKER
 
@@ -98,6 +99,7 @@ def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
 
     Call it before any model loads. See the module docstring for what is refused and what applies.
     """
+    check_weights_format(path, marker)
     then, now = read_provenance(path, marker), Provenance.of_run(config, accelerator)
     check_launch(path, then, now)
     if then.config is None:
@@ -118,6 +120,20 @@ def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
     if changes:
         listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
         logger.info("Settings changed since %s: %s (optimizer settings apply from this resume on)", path.name, listed)
+
+
+def check_weights_format(path: pathlib.Path, marker: dict) -> None:
+    """Refuse a checkpoint whose weights have another meaning than this package trains (`lact_video.models.formats`,
+    docs/design.md Sec. 6.3): resuming would train them as if they had this one."""
+    version = saved_format(marker, CHECKPOINT_FORMAT_KEY, str(path / MARKER))
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} holds weights of format {version} (no {CHECKPOINT_FORMAT_KEY} in {MARKER}: written before "
+            f"the fast-weight rate became softplus(lr_proj(x) + softplus^-1(fw_base_lr))); this lact-video trains "
+            f"format {FORMAT_VERSION}, and resuming would give the weights another meaning. Finish or export the run "
+            "with the lact-video that wrote it (an exported folder converts on load), or start a new run from that "
+            "export; lact-video-validate converts it on load."
+        )
 
 
 def check_launch(path: pathlib.Path, then: Provenance, now: Provenance) -> None:
