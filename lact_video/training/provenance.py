@@ -16,9 +16,8 @@ is written to the run folder:
 Configs are compared after the deprecated aliases of `lact_video.models.lact_config` are resolved, so a
 checkpoint whose record uses an old key name is not refused for the rename alone.
 
-A checkpoint written before this record existed has `num_processes` but no `config`: its launch is read
-from its files (DeepSpeed's `pytorch_model/` folder and per-rank optimizer shards) and checked as above,
-and its settings cannot be compared, which the resume logs as a warning.
+A checkpoint written before this record existed also predates weights format 2 (`lact_video.models.formats`):
+`check_weights_format` refuses it first, saying how to finish or export it.
 """
 
 from __future__ import annotations
@@ -47,8 +46,8 @@ DATA_SHAPE_KEYS = ("data.height", "data.width", "data.num_frames", "data.chunk_f
 class Provenance:
     """How a checkpoint was made: the keys of `checkpoint.json` besides step, ema, time and loss.
 
-    A field added later (such as a `format_version`) takes as default the value that describes the
-    checkpoints written before it (format 1, docs/design.md Sec. 6.3); `from_marker` fills it in.
+    A field added later takes as default the value that describes the checkpoints written before it
+    (docs/design.md Sec. 6.3); `from_marker` fills it in.
     """
 
     num_processes: int
@@ -79,15 +78,6 @@ class Provenance:
         return dataclasses.asdict(self)
 
 
-def read_provenance(path: pathlib.Path, marker: dict) -> Provenance:
-    """The record of checkpoint `path`; for one written before records existed, whether DeepSpeed wrote it is
-    read from its files (accelerate's `save_state` of a DeepSpeed engine writes `pytorch_model/`)."""
-    recorded = Provenance.from_marker(marker)
-    if recorded.distributed_type is not None or not (path / "pytorch_model").is_dir():
-        return recorded
-    return dataclasses.replace(recorded, distributed_type=DEEPSPEED)
-
-
 def split_per_process(path: pathlib.Path) -> bool:
     """Whether the checkpoint's optimizer states are split by process (DeepSpeed ZeRO stage >= 1 writes one
     `*zero_pp_rank_<r>_*_optim_states.pt` per rank)."""
@@ -100,15 +90,8 @@ def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
     Call it before any model loads. See the module docstring for what is refused and what applies.
     """
     check_weights_format(path, marker)
-    then, now = read_provenance(path, marker), Provenance.of_run(config, accelerator)
+    then, now = Provenance.from_marker(marker), Provenance.of_run(config, accelerator)
     check_launch(path, then, now)
-    if then.config is None:
-        logger.warning(
-            "%s records no config (written before checkpoints recorded one): its model and data settings cannot be "
-            "checked against this run's; resuming with this run's settings",
-            path,
-        )
-        return
     changes = config_changes(then.config, now.config, where=str(path / MARKER))
     fixed = {key: change for key, change in changes.items() if is_fixed(key)}
     if fixed:
