@@ -3,6 +3,7 @@
 import torch
 
 from lact_video.layers import FastWeightMemory
+from lact_video.layers.fast_weight_memory import inverse_softplus
 
 
 @torch.no_grad()
@@ -12,7 +13,7 @@ def open_memory(
     generator: torch.Generator | None = None,
     noise: dict[str, float] | None = None,
     gate_bias: float = 1.0,
-    lr_logit: float | None = None,
+    rate: float | None = None,
     momentum_bias: float | None = None,
 ) -> None:
     """Make every `FastWeightMemory` inside `model` contribute to the output, in place.
@@ -30,9 +31,11 @@ def open_memory(
             order, `std * N(0, 1)` is added to each named parameter (the order fixes the random numbers).
             `momentum_proj.*` entries apply only to memories with momentum.
         gate_bias: bias of `gate_proj`; the gate is `silu(gate_bias + W_gate x)`, about 0.73 for 1.0.
-        lr_logit: `None` keeps the base rate. Otherwise every token's rates become
-            `softplus(lr_logit + W_lr x)`: about 0.31 for -1 and 0.69 for 0, large enough that each update
-            changes the fast weights visibly. How the rate is parametrised is known here only.
+        rate: `None` keeps the base rate (`fw_base_lr`). Otherwise every token's rates become
+            `softplus(softplus^-1(rate) + W_lr x)`, exactly `rate` where `W_lr x = 0` (0.3, say: large enough
+            that each update changes the fast weights visibly). It sets `lr_proj.bias` to
+            `softplus^-1(rate) - lr_offset`, as the rate is `softplus(lr_proj(x) + lr_offset)` (spec Sec. 3(b));
+            how the rate is parametrised is known here only.
         momentum_bias: `None` keeps it; otherwise the bias of `momentum_proj` (momentum gate
             `sigmoid(momentum_bias + W_m x)`), where the memory has momentum.
     """
@@ -45,8 +48,7 @@ def open_memory(
             p = memory.get_parameter(name)
             p.add_(std * torch.randn(p.shape, generator=generator, dtype=p.dtype))
         memory.gate_proj.bias.fill_(gate_bias)
-        if lr_logit is not None:
-            # lr_proj.bias holds the whole pre-softplus offset today (the base rate is folded into it).
-            memory.lr_proj.bias.fill_(lr_logit)
+        if rate is not None:
+            memory.lr_proj.bias.fill_(inverse_softplus(rate) - memory.lr_offset)
         if momentum_bias is not None and memory.momentum_proj is not None:
             memory.momentum_proj.bias.fill_(momentum_bias)

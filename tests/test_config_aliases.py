@@ -72,7 +72,7 @@ def test_model_signature_lists_the_lact_config_with_its_defaults():
 def test_folder_saved_with_the_old_keys_loads_the_same_model(wan, tmp_path):
     torch.manual_seed(0)
     model = LaCTWanTransformer3DModel.from_wan(wan, chunk_frames=K, fw_head_dim=8, **new_keys()).eval()
-    open_memory(model, generator=torch.Generator().manual_seed(0), noise={"gate_proj.weight": 0.3}, lr_logit=-1.0)
+    open_memory(model, generator=torch.Generator().manual_seed(0), noise={"gate_proj.weight": 0.3}, rate=0.3)
     model.save_pretrained(tmp_path / "new")
     # The folder as the code before the renames wrote it: the same file, with the old key names.
     shutil.copytree(tmp_path / "new", tmp_path / "old")

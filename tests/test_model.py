@@ -29,7 +29,7 @@ def lact_model(wan, seed=0, **config):
     torch.manual_seed(seed)  # the new fast weights are drawn from the global generator
     model = LaCTWanTransformer3DModel.from_wan(wan, **config).eval()
     noise = dict.fromkeys(["lr_proj.weight", "gate_proj.weight", "qk_scale", "qk_offset"], 0.3)
-    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, lr_logit=-1.0, momentum_bias=1.0)
+    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, rate=0.3, momentum_bias=1.0)
     return model
 
 

@@ -51,9 +51,9 @@ def call_kwargs(**overrides):
 
 
 def activate_memory(transformer: LaCTWanTransformer3DModel) -> None:
-    """The memory as these tests open it: random gates and rates (seed 1), rates about softplus(0) ~ 0.69."""
+    """The memory as these tests open it: random gates and rates (seed 1), rates about 0.7."""
     noise = {"gate_proj.weight": 0.5, "lr_proj.weight": 0.1}
-    open_memory(transformer, generator=torch.Generator().manual_seed(1), noise=noise, lr_logit=0.0)
+    open_memory(transformer, generator=torch.Generator().manual_seed(1), noise=noise, rate=0.7)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,11 @@ from ..state import ForwardMode, LayerState
 from .rotary import apply_rotary_emb
 
 
+def inverse_softplus(y: float) -> float:
+    """x with softplus(x) = y > 0, in a form that neither overflows for large y nor loses digits for small y."""
+    return y + math.log(-math.expm1(-y))
+
+
 class FastWeightMemory(nn.Module):
     def __init__(
         self,
@@ -36,13 +41,19 @@ class FastWeightMemory(nn.Module):
         rule: UpdateRule,
         base_lr: float = 1e-3,
     ):
+        """`base_lr` (> 0) is the per-token rate at `lr_proj = 0`: rate = softplus(lr_proj(x) + lr_offset), with
+        the constant `lr_offset = softplus^-1(base_lr)` (lact-video-spec Sec. 3(b), as the authors' layer)."""
         super().__init__()
+        if base_lr <= 0:
+            raise ValueError(f"fw_base_lr must be > 0 (the rate is a softplus); got {base_lr}.")
         self.num_heads = dim // fw_head_dim  # Hf
         self.head_dim = fw_head_dim  # d
         self.hidden_dim = fw_mlp_ratio * fw_head_dim  # dh
         self.attention_head_dim = attention_head_dim  # D, for the rotary layout
         self.rule = rule
         self.base_lr = base_lr
+        # A constant, not a parameter: it is in no state dict, and weight decay on lr_proj pulls the rate to base_lr.
+        self.lr_offset = inverse_softplus(base_lr)
         hf, d, dh = self.num_heads, self.head_dim, self.hidden_dim
         # The slow initial fast weights S_0, one SwiGLU per head.
         self.w0 = nn.Parameter(torch.empty(hf, dh, d))
@@ -65,15 +76,20 @@ class FastWeightMemory(nn.Module):
         nn.init.normal_(self.w1, std=self.hidden_dim**-0.5)
         nn.init.ones_(self.qk_scale)
         nn.init.zeros_(self.qk_offset)
-        # softplus(b0) = base_lr for every token until W_lr learns otherwise.
+        # Every token's rate is base_lr until lr_proj learns otherwise (spec Sec. 3(b)).
         nn.init.zeros_(self.lr_proj.weight)
-        nn.init.constant_(self.lr_proj.bias, math.log(math.expm1(self.base_lr)))
+        nn.init.zeros_(self.lr_proj.bias)
         if self.momentum_proj is not None:
             self.momentum_proj.reset_parameters()
         self.output_norm.reset_parameters()
         # Gate silu(0) = 0: the layer starts as pure window attention.
         nn.init.zeros_(self.gate_proj.weight)
         nn.init.zeros_(self.gate_proj.bias)
+
+    def rates(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Per-token fast-weight learning rates, float32, head-major: (..., C) -> (..., Hf*3), for each head
+        the rates of (w0, w1, w2). `softplus(lr_proj(x) + lr_offset)`, the sum in float32 as the authors'."""
+        return F.softplus(self.lr_proj(hidden_states).float() + self.lr_offset)
 
     def _initial_weights(self, batch_size: int) -> FastWeights:
         """S_0 for every (sample, head): (B*Hf, ...), still differentiable w.r.t. the parameters."""
@@ -99,7 +115,7 @@ class FastWeightMemory(nn.Module):
         b, s, t, _ = hidden_states.shape
         k = self._query_or_key(key, 1, rotary_emb)
         v = self._to_heads(value)
-        lr = F.softplus(self.lr_proj(hidden_states).float()).type_as(k)  # (B, S', T, Hf*3)
+        lr = self.rates(hidden_states).type_as(k)  # (B, S', T, Hf*3)
         lr = lr.view(b, s, t, self.num_heads, 3).permute(0, 3, 1, 2, 4).flatten(0, 1)
         momentum = None
         if self.momentum_proj is not None:

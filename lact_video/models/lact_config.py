@@ -57,7 +57,8 @@ class LaCTConfig:
     weight_norm: bool = True
     # Precision of the Newton-Schulz iteration: float32, bfloat16 (the authors' GPU choice), float64 or float16.
     muon_dtype: MuonDtype = MuonDtype.float32
-    # Fast-weight learning rate at initialisation.
+    # Base fast-weight learning rate: every token's rate is softplus(lr_proj(x) + softplus^-1(fw_base_lr)), so
+    # fw_base_lr at initialisation (lr_proj = 0) and where weight decay on lr_proj pulls it. A constant, in no state dict.
     fw_base_lr: float = 1e-3
     # Noisy copies of each chunk in the teacher-forcing sequence (R).
     num_repeat: int = 1
