@@ -4,8 +4,8 @@ A minVid state dict does not say how its layer computes: `qk_l2_norm`, the chunk
 update rule... live only in the training YAML (LaCT repo, `lact_ar_video/minVid/configs/ar/*.yaml`). The
 converter reads that YAML with `minvid_options` and maps each option onto our `LaCTConfig`, or refuses it
 with an `UnsupportedMinVidOption` that names the option, its value and what we support: a converted model
-computes what theirs computes, or there is no converted model (README, "Converting a minVid checkpoint";
-docs/design.md, Sec. 6.4).
+computes what theirs computes, or there is no converted model (README, "Converting the authors' checkpoints";
+docs/design.md, Sec. 6.6).
 
 What their code does where lact-video-spec.md is silent (read in a1600012888/LaCT, `lact_ar_video/minVid`):
 
