@@ -346,3 +346,73 @@ def minvid_options(config: dict, wan_config: dict) -> MinVidOptions:
     if gate is not None:
         constant_gate_bias(gate)  # refuse now a constant no gate can give
     return MinVidOptions(settings=settings, constant_gate=gate, w_init=opt["w_init"], notes=notes)
+
+
+def to_minvid_model_config(config: dict, tokens_per_latent_frame: int = 1560) -> dict:
+    """Our transformer config (Wan and LaCT keys, e.g. `dict(model.config)`) -> their YAML's
+    `model.diffusion_config.model_config`: the inverse of `minvid_options`, for a model exported with
+    `convert.to_minvid_state_dict`. Their layer uses the SP class (the only one with momentum; without
+    sequence parallelism it computes as the plain one) and the learnable gate, which our gate always is.
+
+    Args:
+        tokens_per_latent_frame: P of the resolution their code will run at (their layer fixes it; 1560 =
+            480x832): `local_window_size = chunk_frames * P`.
+
+    Raises:
+        UnsupportedMinVidOption: for what their code cannot express, naming our key and value.
+    """
+    num_layers, heads = config["num_layers"], config["num_attention_heads"]
+    dim = heads * config["attention_head_dim"]
+    if config.get("lact_blocks") not in (None, list(range(num_layers))):
+        raise UnsupportedMinVidOption(
+            f"lact_blocks: {config['lact_blocks']!r} has no minVid form; their attn_every_n_layers puts LaCT in "
+            "every block (or leaves every n-th block plain, which we do not build)."
+        )
+    for key, value, theirs in (
+        ("attention_mode", config.get("attention_mode", "window"), "window"),
+        ("fw_base_lr", config.get("fw_base_lr", MINVID_BASE_LR), MINVID_BASE_LR),
+    ):
+        if value != theirs:
+            raise UnsupportedMinVidOption(f"{key}: {value!r} has no minVid form; their layer has {theirs!r} only.")
+    chunk_tokens = config["chunk_frames"] * tokens_per_latent_frame
+    layer = {
+        "class_name": LAYER_CLASSES[1],
+        "dim": dim,
+        "num_heads": heads,
+        "qk_norm": True,
+        "eps": config["eps"],
+        "o_norm": True,
+        "fw_head_dim": config["fw_head_dim"],
+        "inter_multi": config["fw_mlp_ratio"],
+        "lr_dim": 1,
+        "local_window_size": chunk_tokens,
+        "kv_cache_size": config.get("window_size") or -1,
+        "update_every": (config["num_repeat"] + 1) * chunk_tokens,
+        "w_init": "clean",
+        "lr_parameterization": "mamba",
+        "qk_l2_norm": True,
+        "qkv_silu": False,
+        "use_moun": config["use_muon"],
+        "num_moun_iters": SUPPORTED_NS_STEPS,
+        "no_time_rope": False,
+        "weight_norm": config["weight_norm"],
+        "learnable_ttt_scale": True,
+        "ar_window_f": config["chunk_frames"],
+        "use_momentum": config["use_momentum"],
+    }
+    return {
+        "model_type": "t2v",
+        "patch_size": list(config["patch_size"]),
+        "in_dim": config["in_channels"],
+        "dim": dim,
+        "ffn_dim": config["ffn_dim"],
+        "freq_dim": config["freq_dim"],
+        "text_dim": config["text_dim"],
+        "out_dim": config["out_channels"],
+        "num_heads": heads,
+        "num_layers": num_layers,
+        "eps": config["eps"],
+        "cross_attn_norm": config["cross_attn_norm"],
+        "attn_every_n_layers": num_layers + 1,  # no plain block: LaCT in every block
+        "efficient_attn_config": [layer],
+    }

@@ -20,20 +20,30 @@ from utils import minvid_convert_argv
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.convert import convert, main, to_minvid_state_dict
 from lact_video.layers.rotary import chunk_rotary_emb
-from lact_video.minvid_options import MINVID_BASE_LR, UnsupportedMinVidOption
+from lact_video.minvid_options import (
+    LAYER_DEFAULTS,
+    MINVID_BASE_LR,
+    MODEL_DEFAULTS,
+    SP_ONLY,
+    UnsupportedMinVidOption,
+    minvid_options,
+    to_minvid_model_config,
+)
 from lact_video.state import ForwardMode, LayerState
+from lact_video.tiny import TRANSFORMER_CONFIGS
 
 K, HW = 2, 2  # latent frames per chunk, post-patch height = width
 T = K * HW * HW  # tokens per chunk: their local_window_size
 FW_HEAD_DIM = 12
+DIM = TRANSFORMER_CONFIGS["tiny"]["num_attention_heads"] * TRANSFORMER_CONFIGS["tiny"]["attention_head_dim"]  # 24
 SP_LAYER = "minVid.models.blocks.ar_lact_swa_repeat_sp.ARFastWeightSwiGLU"
 
 
 def their_yaml(**layer_options) -> dict:
     layer = dict(
         class_name=SP_LAYER,
-        dim=24,
-        num_heads=2,
+        dim=DIM,
+        num_heads=TRANSFORMER_CONFIGS["tiny"]["num_attention_heads"],
         qk_norm=True,
         o_norm=True,
         local_window_size=T,
@@ -55,18 +65,19 @@ def their_yaml(**layer_options) -> dict:
         use_momentum=True,
     )
     layer.update(layer_options)
+    tiny = TRANSFORMER_CONFIGS["tiny"]
     model_config = dict(
         class_name="minVid.models.wan.wan_base.modules.wan_model_warpper.WanModel",
         model_type="t2v",
-        patch_size=[1, 2, 2],
-        in_dim=16,
-        dim=24,
-        ffn_dim=32,
-        freq_dim=32,
-        text_dim=32,
-        num_heads=2,
-        num_layers=2,
-        out_dim=16,
+        patch_size=list(tiny["patch_size"]),
+        in_dim=tiny["in_channels"],
+        dim=DIM,
+        ffn_dim=tiny["ffn_dim"],
+        freq_dim=tiny["freq_dim"],
+        text_dim=tiny["text_dim"],
+        num_heads=tiny["num_attention_heads"],
+        num_layers=tiny["num_layers"],
+        out_dim=tiny["out_channels"],
         eps=1e-6,
         text_len=512,
         attn_every_n_layers=100,
@@ -96,23 +107,23 @@ def their_state_dict(wan, momentum=True, gate=True, lr_bias=0.0, seed=0) -> dict
     """A state dict as their `WanModel` with the SP layer saves it: Wan's original names, and per block the
     memory in their names and layouts, every tensor set here (`lr_proj` weight 0, bias `lr_bias`)."""
     g = torch.Generator().manual_seed(seed)
-    heads, dh = 24 // FW_HEAD_DIM, 2 * FW_HEAD_DIM
+    heads, dh = DIM // FW_HEAD_DIM, 2 * FW_HEAD_DIM
     sd = to_minvid_state_dict(wan)
     for block in range(2):
         p = f"blocks.{block}.self_attn."
         sd[p + "w0"] = torch.randn(heads, dh, FW_HEAD_DIM, generator=g) / FW_HEAD_DIM**0.5
         sd[p + "w1"] = torch.randn(heads, FW_HEAD_DIM, dh, generator=g) / dh**0.5
         sd[p + "w2"] = torch.randn(heads, dh, FW_HEAD_DIM, generator=g) / FW_HEAD_DIM**0.5
-        sd[p + "qk_scale"] = 1 + 0.1 * torch.randn(24, 2, generator=g)
-        sd[p + "qk_offset"] = 0.1 * torch.randn(24, 2, generator=g)
-        sd[p + "lr_proj.weight"] = torch.zeros(3 * heads, 24)
+        sd[p + "qk_scale"] = 1 + 0.1 * torch.randn(DIM, 2, generator=g)
+        sd[p + "qk_offset"] = 0.1 * torch.randn(DIM, 2, generator=g)
+        sd[p + "lr_proj.weight"] = torch.zeros(3 * heads, DIM)
         sd[p + "lr_proj.bias"] = torch.full((3 * heads,), lr_bias)
         sd[p + "output_norm.weight"] = 1 + 0.1 * torch.randn(FW_HEAD_DIM, generator=g)
         if gate:
-            sd[p + "ttt_scale_proj.weight"] = 0.1 * torch.randn(1, 24, generator=g)
+            sd[p + "ttt_scale_proj.weight"] = 0.1 * torch.randn(1, DIM, generator=g)
             sd[p + "ttt_scale_proj.bias"] = torch.tensor([0.5])
         if momentum:
-            sd[p + "momentum_proj.0.weight"] = 0.3 * torch.randn(heads, 24, generator=g)
+            sd[p + "momentum_proj.0.weight"] = 0.3 * torch.randn(heads, DIM, generator=g)
             sd[p + "momentum_proj.0.bias"] = torch.tensor([0.4, -0.8])
     return sd
 
@@ -127,7 +138,7 @@ def converted(wan, tiny_wan_dir, tmp_path, state_dict, config, **flags) -> LaCTW
 def chunk_inputs(seed=0):
     """hidden states, queries, keys, values of one chunk: (B=1, S=1, T, C)."""
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, 1, T, 24, generator=g) for _ in range(4)]
+    return [torch.randn(1, 1, T, DIM, generator=g) for _ in range(4)]
 
 
 def commit(memory, model, state=LayerState(), seed=0):
@@ -139,7 +150,7 @@ def commit(memory, model, state=LayerState(), seed=0):
 
 def test_zero_lr_proj_gives_their_base_rate_for_every_token(wan, tiny_wan_dir, tmp_path):
     model = converted(wan, tiny_wan_dir, tmp_path, their_state_dict(wan), their_yaml())
-    x = 3 * torch.randn(4, T, 24)
+    x = 3 * torch.randn(4, T, DIM)
     for block in model.blocks:
         rates = block.attn1.memory.rates(x)  # (4, T, 3 * heads): w0, w1, w2 of every head
         torch.testing.assert_close(rates, torch.full_like(rates, MINVID_BASE_LR), rtol=1e-6, atol=0)
@@ -217,7 +228,7 @@ def test_constant_gate_gives_ttt_scale_for_every_token(wan, tiny_wan_dir, tmp_pa
     """learnable_ttt_scale: false: their output is ttt_x * ttt_scale + window; no ttt_scale_proj is stored."""
     theirs = their_state_dict(wan, gate=False)
     model = converted(wan, tiny_wan_dir, tmp_path, theirs, their_yaml(learnable_ttt_scale=False, ttt_scale=ttt_scale))
-    x = 5 * torch.randn(3, T, 24)
+    x = 5 * torch.randn(3, T, DIM)
     for block in model.blocks:
         gate = F.silu(block.attn1.memory.gate_proj(x))
         torch.testing.assert_close(gate, torch.full_like(gate, ttt_scale), rtol=1e-6, atol=1e-7)
@@ -260,6 +271,22 @@ def test_their_layout_converts_and_loads_with_from_pretrained(wan, tiny_wan_dir,
     assert back.keys() == theirs.keys()
     for name, value in theirs.items():
         assert torch.equal(back[name], value), name
+
+
+def test_export_back_writes_the_options_of_their_yaml(wan, tiny_wan_dir, tmp_path):
+    """`to_minvid_model_config` gives their YAML's options (the literal above) and maps back to the same model."""
+    model = converted(wan, tiny_wan_dir, tmp_path, their_state_dict(wan), their_yaml(kv_cache_size=T // 2))
+    theirs = to_minvid_model_config(dict(model.config), tokens_per_latent_frame=HW * HW)
+    expected = their_yaml(kv_cache_size=T // 2)["model"]["diffusion_config"]["model_config"]
+    layer, expected_layer = theirs.pop("efficient_attn_config")[0], expected.pop("efficient_attn_config")[0]
+    expected_layer = {**LAYER_DEFAULTS, **SP_ONLY, **expected_layer}  # their YAML leaves some at the default
+    assert {k: expected_layer[k] for k in layer} == layer
+    expected = {**MODEL_DEFAULTS, **expected, "attn_every_n_layers": theirs["attn_every_n_layers"]}
+    assert {k: expected[k] for k in theirs} == theirs
+    back = minvid_options({**theirs, "efficient_attn_config": [layer]}, dict(wan.config)).settings
+    assert back == {k: model.config[k] for k in back}
+    with pytest.raises(UnsupportedMinVidOption, match=r"lact_blocks: \[1\]"):
+        to_minvid_model_config({**model.config, "lact_blocks": [1]})
 
 
 def test_without_a_yaml_the_assumed_options_are_named(wan, tiny_wan_dir, tmp_path, caplog):
