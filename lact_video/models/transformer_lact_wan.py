@@ -46,6 +46,7 @@ from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout
 from ..state import ForwardMode, LaCTState, TextContext
+from .formats import FORMAT_KEY, convert_weights, format_marker, saved_format
 from .lact_config import (
     DEPRECATED_LACT_KEYS,
     LACT_CONFIG_KEYS,
@@ -127,6 +128,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         with its defaults; enum values may be given as their strings. Configs and keywords with the
         deprecated names `base_lr` and `inter_multi` still load (`from_config`, `from_wan`), with a
         FutureWarning.
+        Folders saved before the fast-weight rate took its current form (no `_lact_format_version` in
+        config.json) convert on `from_pretrained` (`lact_video.models.formats`, docs/design.md Sec. 6.3).
     """
 
     _supports_gradient_checkpointing = True
@@ -211,6 +214,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(dim, (out_channels or in_channels) * math.prod(patch_size))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
         self.gradient_checkpointing = False
+        # The weights' format (docs/design.md Sec. 6.3): save_pretrained writes it into config.json.
+        self.register_to_config(**format_marker())
 
     @classmethod
     def from_wan(
@@ -262,11 +267,33 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         old value in `model.config` (not in `_use_default_values`), and saving writes the new names only.
         (diffusers' `_deprecated_kwargs` would also hand the old key to `register_to_config` as a "hidden"
         key for compatible classes, so a re-saved folder would keep it.)
+
+        The model's config records the current format (`lact_video.models.formats`) whatever `config` says:
+        its weights are new, in the current meaning. A config of a newer format is refused.
         """
         if isinstance(config, dict):  # else diffusers' deprecated config-as-a-path, which it loads itself
+            saved_format(config, FORMAT_KEY, f"{cls.__name__} config.json")
             config = rename_deprecated(config, DEPRECATED_LACT_KEYS, f"{cls.__name__} config.json")
         kwargs = rename_deprecated(kwargs, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_pretrained")
-        return super().from_config(config, return_unused_kwargs, **kwargs)
+        loaded = super().from_config(config, return_unused_kwargs, **kwargs)
+        (loaded[0] if return_unused_kwargs else loaded).register_to_config(**format_marker())
+        return loaded
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' `ModelMixin.from_pretrained`; weights saved in an older format (docs/design.md Sec. 6.3)
+        are converted once loaded, before any use, with one log line that says what was converted.
+
+        Raises:
+            ValueError: the folder is of a newer format than this package; or it needs a conversion and
+                `device_map` offloaded the converted weights (load without offloading and save it again).
+        """
+        config = cls.load_config(pretrained_model_name_or_path, return_unused_kwargs=True, **kwargs)[0]
+        where = os.path.join(str(pretrained_model_name_or_path), *filter(None, [kwargs.get("subfolder")]))
+        version = saved_format(config, FORMAT_KEY, os.path.join(where, cls.config_name))
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        convert_weights(loaded[0] if kwargs.get("output_loading_info") else loaded, version, where)
+        return loaded
 
     def set_attention_backend(self, backend: str) -> None:
         """Run every attention of this model (window or full-causal self-attention, and the text

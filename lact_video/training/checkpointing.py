@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from ..models.formats import CHECKPOINT_FORMAT_KEY, FORMAT_VERSION, saved_format
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
@@ -105,6 +107,7 @@ def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: i
             "num_processes": accelerator.num_processes,
             "ema": None if ema is None else ("sharded" if ema.sharded else "full"),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            CHECKPOINT_FORMAT_KEY: FORMAT_VERSION,  # the meaning of the weights (lact_video.models.formats)
             **(info or {}),
         }
         with open(tmp / MARKER, "w") as stream:
@@ -120,9 +123,23 @@ def save_checkpoint(accelerator, output_dir, step: int, ema=None, total_limit: i
 
 
 def load_checkpoint(accelerator, path, ema=None) -> dict:
-    """Restore what `save_checkpoint` wrote (all processes call this); returns the marker."""
+    """Restore what `save_checkpoint` wrote (all processes call this); returns the marker.
+
+    Raises:
+        ValueError: the checkpoint's weights are of another format (`lact_video.models.formats`): resuming
+            would train them with another meaning.
+    """
     path = pathlib.Path(path)
     marker = read_marker(path)
+    version = saved_format(marker, CHECKPOINT_FORMAT_KEY, str(path / MARKER))
+    if version != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} holds weights of format {version} (no {CHECKPOINT_FORMAT_KEY} in {MARKER}: written before "
+            f"the fast-weight rate became softplus(lr_proj(x) + softplus^-1(fw_base_lr))); this lact-video trains "
+            f"format {FORMAT_VERSION}, and resuming would give the weights another meaning. Finish or export the run "
+            "with the lact-video that wrote it (an exported folder converts on load), or start a new run from that "
+            "export; lact-video-validate converts it on load."
+        )
     if marker["num_processes"] != accelerator.num_processes and marker.get("ema") == "sharded":
         raise ValueError(
             f"{path} was written by {marker['num_processes']} processes with ZeRO-3 shards; resume it with the "

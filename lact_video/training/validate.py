@@ -36,7 +36,8 @@ from .. import __version__
 from ..data import LatentCacheDataset, VideoFolderDataset
 from ..evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, write_report
 from ..models import LaCTWanTransformer3DModel
-from .checkpointing import MARKER
+from ..models.formats import CHECKPOINT_FORMAT_KEY, convert_weights, saved_format
+from .checkpointing import MARKER, read_marker
 from .config import FinetuneConfig, lact_config, load_config, split_argv
 
 logger = logging.getLogger("validate")
@@ -193,6 +194,7 @@ def load_training_checkpoint(path: pathlib.Path) -> LaCTWanTransformer3DModel:
     else:
         raise ValueError(f"{path} holds neither model.safetensors nor DeepSpeed shards (pytorch_model/).")
     model.load_state_dict(state_dict, strict=True)
+    convert_weights(model, saved_format(read_marker(path), CHECKPOINT_FORMAT_KEY, str(path / MARKER)), str(path))
     return model
 
 
