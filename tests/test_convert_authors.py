@@ -223,10 +223,11 @@ def test_muon_update_is_orthogonalised_in_their_bf16(wan, tiny_wan_dir, tmp_path
     )
 
 
+@pytest.mark.parametrize("plain_wan", [False, True], ids=["their-checkpoint", "plain-wan-base"])
 @pytest.mark.parametrize("ttt_scale", [1.0, 0.25, 0.0])
-def test_constant_gate_gives_ttt_scale_for_every_token(wan, tiny_wan_dir, tmp_path, ttt_scale):
+def test_constant_gate_gives_ttt_scale_for_every_token(wan, tiny_wan_dir, tmp_path, ttt_scale, plain_wan):
     """learnable_ttt_scale: false: their output is ttt_x * ttt_scale + window; no ttt_scale_proj is stored."""
-    theirs = their_state_dict(wan, gate=False)
+    theirs = to_minvid_state_dict(wan) if plain_wan else their_state_dict(wan, gate=False)
     model = converted(wan, tiny_wan_dir, tmp_path, theirs, their_yaml(learnable_ttt_scale=False, ttt_scale=ttt_scale))
     x = 5 * torch.randn(3, T, DIM)
     for block in model.blocks:
@@ -392,3 +393,11 @@ def test_constant_gate_bias_is_exact_for_the_released_value():
 
     b = constant_gate_bias(1.0)
     assert b * (1 / (1 + math.exp(-b))) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_w_init_matters_only_for_fresh_fast_weights(wan, tiny_wan_dir, tmp_path):
+    """w_init sets their initial fast weights: a checkpoint brings its own, a plain Wan base gets ours ('clean')."""
+    config = their_yaml(w_init="identity")
+    assert converted(wan, tiny_wan_dir, tmp_path / "ckpt", their_state_dict(wan), config).config.fw_head_dim == 12
+    with pytest.raises(UnsupportedMinVidOption, match="w_init: 'identity'"):
+        converted(wan, tiny_wan_dir, tmp_path / "base", to_minvid_state_dict(wan), config)
