@@ -83,7 +83,7 @@ def test_minvid_layout_has_their_names(model):
         "blocks.1.self_attn.norm_q.weight",
         "blocks.1.self_attn.w0",
         "blocks.1.self_attn.ttt_scale_proj.weight",
-        "blocks.1.self_attn.momentum_proj.bias",
+        "blocks.1.self_attn.momentum_proj.0.bias",  # their SP layer: Sequential(Linear, Sigmoid)
     ):
         assert name in theirs, name
     assert not any(k.startswith("blocks.0.self_attn.w") for k in theirs)  # block 0 has no memory

@@ -61,7 +61,8 @@ class FlowMatchingConfig:
     shift_rule: ShiftRule = ShiftRule.fixed
     # The fixed shift s of t' = s t / (1 + (s - 1) t) (shift_rule=fixed); 1 means no shift.
     shift: float = 3.0
-    # none, or logit_normal: weight each chunk's loss by the logit-normal density at its unshifted t.
+    # none; logit_normal: weight each chunk's loss by the logit-normal density at its unshifted t;
+    # logit_normal_bin_mass (the authors'): by 1000 x the logit-normal mass of the 1/1000-wide bin holding t.
     loss_weighting: LossWeighting = LossWeighting.none
     # Probability of training a sample on the empty prompt (for classifier-free guidance).
     caption_dropout: float = 0.1

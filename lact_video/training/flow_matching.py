@@ -37,12 +37,21 @@ class ShiftRule(str, Enum):
 class LossWeighting(str, Enum):
     none = "none"
     logit_normal = "logit_normal"  # the logit-normal density at the unshifted t
+    # The authors': 1000 x the logit-normal mass of the 1/1000-wide bin of t (`logit_normal_bin_mass`).
+    logit_normal_bin_mass = "logit_normal_bin_mass"
+
+
+# Their timestep bins: `num_train_timestep: 1000` (minVid's flow-matching model).
+TIMESTEP_BINS = 1000
 
 
 def token_following_shift(tokens_per_chunk: int, anchors=SHIFT_ANCHORS) -> float:
     """The shift `s` for `tokens_per_chunk` tokens: log-linear through `anchors`, extrapolated.
 
-    With the authors' anchors, 4680 tokens (3 latent frames at 480x832) give s = 2.11.
+    With the authors' anchors, 4680 tokens (3 latent frames at 480x832) give s = 2.11. The caller passes
+    the real tokens of a chunk at the training resolution (trainer.py, `chunk_tokens`); the authors'
+    `adjust_timestep_shift` always passes `ar_window_size * 1560`, the 480x832 count, so the two agree
+    there and differ at any other resolution (docs/design.md, Sec. 2.3).
     """
     (n0, s0), (n1, s1) = anchors
     slope = (math.log(s1) - math.log(s0)) / (n1 - n0)
@@ -79,6 +88,40 @@ def logit_normal_density(t: torch.Tensor, mean: float = 0.0, std: float = 1.0) -
     t = t.clamp(1e-6, 1 - 1e-6)
     logit = torch.log(t / (1 - t))
     return torch.exp(-0.5 * ((logit - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi) * t * (1 - t))
+
+
+def logit_normal_bin_mass(
+    t: torch.Tensor, mean: float = 0.0, std: float = 1.0, num_bins: int = TIMESTEP_BINS
+) -> torch.Tensor:
+    """Logit-normal probability mass of the bin `[floor(n t) / n, (floor(n t) + 1) / n]` that holds `t`.
+
+    The authors' per-chunk loss weight is `n` times this (`num_bins` n = 1000; minVid,
+    `utils/logit_normal_weighting.py`, `logit_normal_integral`, at the unshifted t): constant within a bin,
+    and unlike the density it stays finite and bounded by 1 at the ends. They clamp the bin edges to
+    [1e-7, 1 - 1e-7]; here the edges 0 and 1 are exact (the clamped mass, below 1e-11, is dropped there).
+
+    Args:
+        t: unshifted times in [0, 1], any shape.
+
+    Returns:
+        The masses, float32 of `t`'s shape; they sum to 1 over the `num_bins` bins.
+    """
+    low = (t.double() * num_bins).floor().clamp(0, num_bins - 1) / num_bins
+    cdf = [torch.special.ndtr((torch.logit(edge) - mean) / std) for edge in (low, low + 1 / num_bins)]
+    return (cdf[1] - cdf[0]).float()
+
+
+def chunk_loss_weights(
+    t: torch.Tensor, weighting: LossWeighting, mean: float = 0.0, std: float = 1.0
+) -> torch.Tensor | None:
+    """Per-chunk loss weights at the unshifted times `t` (B, R, N), or None for `none`. Both logit-normal
+    forms average about 1 over uniform t: the density, or `TIMESTEP_BINS` x the bin mass (the authors')."""
+    weighting = LossWeighting(weighting)
+    if weighting is LossWeighting.logit_normal:
+        return logit_normal_density(t, mean, std)
+    if weighting is LossWeighting.logit_normal_bin_mass:
+        return TIMESTEP_BINS * logit_normal_bin_mass(t, mean, std)
+    return None
 
 
 def per_frame(values: torch.Tensor, chunk_frames: int) -> torch.Tensor:

@@ -49,10 +49,9 @@ from .distributed import (
 from .ema import ShardedEMA
 from .export import export_pipeline
 from .flow_matching import (
-    LossWeighting,
     ShiftRule,
+    chunk_loss_weights,
     draw_sample_randomness,
-    logit_normal_density,
     shift_timesteps,
     teacher_forcing_loss,
     token_following_shift,
@@ -566,9 +565,7 @@ def batch_loss(config, transformer, models: Models, latents, prompt_embeds, posi
     t_raw, noise, drop = t_raw.to(device), noise.to(device), drop.to(device)
     empty = models.empty_prompt_embeds.to(device, prompt_embeds.dtype)
     prompt_embeds = torch.where(drop[:, None, None], empty, prompt_embeds)  # caption dropout, for CFG
-    weights = None
-    if fm.loss_weighting is LossWeighting.logit_normal:
-        weights = logit_normal_density(t_raw, fm.logit_mean, fm.logit_std)  # at the unshifted t
+    weights = chunk_loss_weights(t_raw, fm.loss_weighting, fm.logit_mean, fm.logit_std)  # at the unshifted t
     t = shift_timesteps(t_raw, shift)
     return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype)
 
