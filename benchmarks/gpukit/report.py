@@ -153,8 +153,11 @@ class Budget:
     def __init__(self, seconds: float | None):
         self.deadline = None if seconds is None else time.perf_counter() + seconds
 
+    def remaining(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.perf_counter()
+
     def exhausted(self) -> bool:
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        return self.remaining() <= 0
 
 
 def synchronize(device: torch.device) -> None:
