@@ -21,10 +21,10 @@ runs; the JSON is rewritten after every section.
 `--quick` keeps every real shape but times fewer steps and repeats and compiles regionally only, to finish within
 5 minutes on one H100/H200. The estimate (`ESTIMATE_S`), from FLOP counts at a sustained 400 TFLOP/s (40% of the
 bf16 peak) and start-up costs measured on the CPU machine: imports and the matmul probe 20 s; numerics 15 s;
-training 2 x (build 5 s + 3 steps of 0.97 PFLOP, 8 s) = 45 s with set-up; generation 90 s: 12 chunks x 10 steps x
+training 2 x (build 5 s + 3 steps of 0.85 PFLOP, 7 s) = 45 s with set-up; generation 90 s: 12 chunks x 10 steps x
 4e13 FLOP (12 s) plus 12 streamed VAE decodes of 12 frames at 480x832 (~30 s), and `WanPipeline` at 81 frames
 (10 steps x 5.7e14 FLOP = 14 s, + its decode ~10 s; LaCT's side is the stream's first 7 chunks); 14B: build 15 s +
-3 chunk passes of 1.3e14 FLOP 5 s, 35 s; ZeRO-3: launch and imports 30 s + build and steps 30 s; compile: eager
+3 chunk passes of 1.7e14 FLOP 5 s, 35 s; ZeRO-3: launch and imports 30 s + build and steps 30 s; compile: eager
 10 s + regional compilation (3 graphs of one block, Dynamo and inductor) ~75 s, CUDA graphs as much again.
 That is about 4.5 minutes before the compile section, so with `--quick` (a 285 s budget) a section starts only
 if its estimate fits in what is left, and the compile variants only with 75 s left each: a run ends within the
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         "generation_1.3b": functools.partial(generation.run, sizes=sizes, device=device),
         "big_14b": functools.partial(big.run, sizes=sizes, device=device),
         "train_1.3b_zero3": functools.partial(training.run_zero3, sizes=sizes, device=device,
-                                              measured_matmul_flops=matmul, gpu=gpu, timeout_s=600),
+                                              measured_matmul_flops=matmul, gpu=gpu, budget=budget),
         "compile_1.3b": functools.partial(generation.run_compile, sizes=sizes, device=device, budget=budget),
     }  # fmt: skip
     for name in SECTIONS:

@@ -8,7 +8,10 @@ per chunk, 512 prompt tokens.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from dataclasses import dataclass
+
+import yaml
 
 from lact_video.geometry import latent_size
 from lact_video.tiny import TRANSFORMER_CONFIGS, VAE_CONFIG
@@ -54,12 +57,21 @@ class Sizes:
         return self.chunk_frames * (h // p[1]) * (w // p[2])
 
 
+RECIPES = pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def recipe_fw_head_dim(size: str) -> int:
+    """The recipe's fast-weight head size (configs/wan2.1-t2v-<size>-lact.yaml), so the kit times what users train."""
+    recipe = yaml.safe_load((RECIPES / f"wan2.1-t2v-{size}-lact.yaml").read_text())
+    return recipe["model"]["lact"]["fw_head_dim"]
+
+
 FULL = Sizes(
     name="full",
     model=dict(WAN21_T2V_1_3B),
-    fw_head_dim=768,
+    fw_head_dim=recipe_fw_head_dim("1.3b"),
     big_model=dict(WAN21_T2V_14B),
-    big_fw_head_dim=1280,
+    big_fw_head_dim=recipe_fw_head_dim("14b"),
     vae=None,
     height=480,
     width=832,

@@ -160,7 +160,7 @@ def run_plain(section, sizes, device, measured_matmul_flops, gpu) -> None:
             section.figure("full_causal_over_lact_step_time", full["step_s"] / figures["step_s"])
 
 
-def run_zero3(section, sizes, device, measured_matmul_flops, gpu, timeout_s: float) -> None:
+def run_zero3(section, sizes, device, measured_matmul_flops, gpu, budget) -> None:
     """The same LaCT step under DeepSpeed ZeRO-3, launched by `accelerate launch` (one process)."""
     ds_config = REPO / "configs" / "deepspeed" / ("zero3.json" if device.type == "cuda" else "zero3_cpu.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,6 +174,7 @@ def run_zero3(section, sizes, device, measured_matmul_flops, gpu, timeout_s: flo
         paths = [str(REPO), str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
         section.shapes(zero3_command=" ".join(command[1:]))
+        timeout_s = min(600.0, max(60.0, budget.remaining()))  # a hung launch must not eat the whole lease
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
         result = json.loads(out.read_text()) if out.is_file() else {}
     if "figures" not in result:
