@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     device, gpu, matmul = args.device, env["gpu"], env["matmul_tflops_measured"] * 1e12
     sections = {
         "numerics": functools.partial(numerics.run, sizes=sizes, device=device),
-        "train_1.3b": functools.partial(training.run_plain, sizes=sizes, device=device,
-                                        measured_matmul_flops=matmul, gpu=gpu),
+        "train_1.3b": functools.partial(training.run_plain, sizes=sizes, measured_matmul_flops=matmul, gpu=gpu),
         "generation_1.3b": functools.partial(generation.run, sizes=sizes, device=device),
         "big_14b": functools.partial(big.run, sizes=sizes, device=device),
         "train_1.3b_zero3": functools.partial(training.run_zero3, sizes=sizes, device=device,

@@ -61,8 +61,9 @@ def finetune_config(sizes, variant: Variant, output_dir: str) -> FinetuneConfig:
     return config
 
 
-def measure_step(sizes, variant: Variant, device: torch.device, output_dir: str) -> tuple[dict, dict]:
-    """Build, prepare and time `sizes.train_steps` steps after `sizes.train_warmup`; returns (shapes, figures)."""
+def measure_step(sizes, variant: Variant, output_dir: str) -> tuple[dict, dict]:
+    """Build, prepare and time `sizes.train_steps` steps after `sizes.train_warmup` on accelerate's device;
+    returns (shapes, figures)."""
     config = finetune_config(sizes, variant, output_dir)
     accelerator = trainer.make_accelerator(config)
     device = accelerator.device
@@ -146,15 +147,15 @@ def add_mfu(section, prefix: str, figures: dict, measured_matmul_flops: float | 
         section.figure(f"{prefix}mfu_vs_measured_matmul", flops_per_s / measured_matmul_flops)
 
 
-def run_plain(section, sizes, device, measured_matmul_flops, gpu) -> None:
-    """Plain (one process, no DeepSpeed) steps of LaCT and of the full block-causal baseline."""
+def run_plain(section, sizes, measured_matmul_flops, gpu) -> None:
+    """Plain (one process, no DeepSpeed) steps of LaCT and of the full block-causal baseline, on accelerate's device."""
     with tempfile.TemporaryDirectory() as output_dir:
-        shapes, figures = measure_step(sizes, Variant.lact, device, output_dir)
+        shapes, figures = measure_step(sizes, Variant.lact, output_dir)
         section.shapes(lact=shapes)
         section.figures(**figures)
         add_mfu(section, "", figures, measured_matmul_flops, gpu)
         with section.optional("full_causal"):
-            shapes, full = measure_step(sizes, Variant.full_causal, device, output_dir)
+            shapes, full = measure_step(sizes, Variant.full_causal, output_dir)
             section.shapes(full_causal=shapes)
             section.figures(**{f"full_causal_{k}": v for k, v in full.items()})
             section.figure("full_causal_over_lact_step_time", full["step_s"] / figures["step_s"])

@@ -10,8 +10,6 @@ import argparse
 import json
 import pathlib
 
-import torch
-
 from gpukit.report import error_message
 from gpukit.sizes import SIZES
 from gpukit.training import measure_step
@@ -24,9 +22,8 @@ def main() -> None:
     parser.add_argument("--json", required=True)
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        shapes, figures = measure_step(SIZES[args.sizes], Variant.lact, device, args.output_dir)
+        shapes, figures = measure_step(SIZES[args.sizes], Variant.lact, args.output_dir)
         result = {"shapes": shapes, "figures": figures}
     except Exception as error:  # noqa: BLE001 -- reported to the parent through the JSON
         result = {"error": error_message(error)}
