@@ -9,6 +9,7 @@ checkpoint in bf16 (`_keep_in_fp32_modules`) are put back in float32, as `from_p
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import pathlib
 import sys
@@ -82,6 +83,12 @@ def open_memory_like_tests(model: torch.nn.Module, seed: int = 0) -> None:
     device = next(model.parameters()).device
     for memory in memories:
         memory.to("cpu")
-    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, lr_logit=-1.0)
+    # A rate of softplus(-1) = 0.31 per token, as the parity tests use. Branch i12core renames open_memory's
+    # `lr_logit` (the pre-softplus value) to `rate` (the rate itself); once it is merged, keep only `rate`.
+    if "rate" in inspect.signature(open_memory).parameters:
+        rate = {"rate": math.log1p(math.exp(-1.0))}
+    else:
+        rate = {"lr_logit": -1.0}
+    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, **rate)
     for memory in memories:
         memory.to(device)
