@@ -32,7 +32,7 @@ logger = logging.getLogger("precompute")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     defaults = DataConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="Wan2.1 diffusers folder or hub id")
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in output_dir")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -79,13 +79,17 @@ class _Decoded(torch.utils.data.Dataset):
 
 def main(argv=None) -> pathlib.Path:
     """Write the latent cache that `argv` describes (see the module docstring); returns its folder."""
-    args = parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # 1. Check the settings and the output folder before loading anything
     fields = {field.name for field in dataclasses.fields(DataConfig)}
     config = DataConfig(**{key: value for key, value in vars(args).items() if key in fields})
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as error:  # a clip geometry that cannot work: one line and exit status 2, as argparse does
+        parser.error(str(error))
     output_dir = pathlib.Path(args.output_dir)
     if (output_dir / INDEX_FILE).exists():
         if not args.overwrite:
