@@ -300,7 +300,7 @@ def config_parser() -> argparse.ArgumentParser:
 def _metavar(annotation) -> str:
     """How a flag's value looks in --help: the choices of an enum, `[FLOAT,...]` for a list, else the type."""
     if isinstance(annotation, types.UnionType):  # X | None
-        (annotation,) = (arg for arg in typing.get_args(annotation) if arg is not type(None))
+        (annotation,) = (kind for kind in typing.get_args(annotation) if kind is not type(None))
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "{" + ",".join(member.value for member in annotation) + "}"
     if typing.get_origin(annotation) is list:
@@ -387,11 +387,35 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
                 train["max_train_steps"] = None  # the recipe asks for epochs (see _length_by_epochs)
             merged = OmegaConf.merge(merged, recipe)  # to_container keeps ${...} interpolations unresolved
     with _omegaconf_errors("the command line"):
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        merged = OmegaConf.merge(merged, _command_line_tree(overrides))
     with _omegaconf_errors(None):  # a required key left unset, or an interpolation to no key
         config = OmegaConf.to_object(merged)
     check_config(config)
     return config
+
+
+def _command_line_tree(overrides: list[str]):
+    """`dotted.path=value` overrides as an OmegaConf tree. Values are YAML (`[0,2]`, `null`, `1e-4`), except that
+    a text field (a str or an enum) takes its text as typed: YAML would read `--mixed_precision no` as false, and
+    diffusers users type it so. `null` still clears such a field; a quoted value is unquoted."""
+    text_fields = {path for path, cls, name in _leaf_fields() if _is_text(typing.get_type_hints(cls)[name])}
+    verbatim, parsed = {}, []
+    for item in overrides:
+        path, _, value = item.partition("=")
+        if path in text_fields and value not in ("null", "~") and value[:1] not in ("'", '"'):
+            verbatim[path] = value
+        else:
+            parsed.append(item)
+    tree = OmegaConf.from_dotlist(parsed)
+    for path, value in verbatim.items():
+        OmegaConf.update(tree, path, value, force_add=True)
+    return tree
+
+
+def _is_text(annotation) -> bool:
+    """Whether a field holds text: str or an enum, also `| None`."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(kind is str or (isinstance(kind, type) and issubclass(kind, enum.Enum)) for kind in kinds)
 
 
 @contextlib.contextmanager
@@ -425,7 +449,7 @@ def exit_on_config_error():
     try:
         yield
     except ConfigError as error:
-        config_parser().exit(2, f"{config_parser().prog}: error: {error}\n")
+        config_parser().exit(2, f"{os.path.basename(sys.argv[0])}: error: {error}\n")  # argparse's prog
 
 
 def _rename_deprecated_keys(tree: dict, where: str) -> dict:
