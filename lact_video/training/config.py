@@ -277,13 +277,14 @@ def config_parser() -> argparse.ArgumentParser:
     groups = {}
     for path, cls, name in _leaf_fields():
         section = path.rpartition(".")[0]
-        group = groups.get(section) or groups.setdefault(section, parser.add_argument_group(f"{section} settings"))
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings")
         annotation = typing.get_type_hints(cls)[name]
         switch = annotation is bool
         options = sorted((f"--{flag}" for flag, target in names.items() if target == path), key=len)
         default = functools.reduce(dict.__getitem__, path.split("."), defaults)
         comment = _field_comments(cls).get(name, "").replace("%", "%%")  # argparse %-formats help texts
-        group.add_argument(
+        groups[section].add_argument(
             *options,
             dest=path,
             action=_Switch if switch else _Assign,
@@ -550,10 +551,9 @@ def _check_train(config: FinetuneConfig) -> None:
         )
     if train.report_to not in REPORT_TO:
         raise ConfigError(f"train.report_to={train.report_to!r} is not a tracker: use one of {', '.join(REPORT_TO)}")
-    if train.report_to in ("wandb", "all") and importlib.util.find_spec("wandb") is None:
+    if train.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
         raise ConfigError(
-            f"train.report_to={train.report_to} needs the wandb package: pip install wandb, "
-            "or set train.report_to=tensorboard"
+            "train.report_to=wandb needs the wandb package: pip install wandb, or set train.report_to=tensorboard"
         )
     _check_validation(train, config.data)
     if train.export_only and not train.resume_from_checkpoint:
