@@ -10,8 +10,9 @@ On the command line, flags and dotted overrides mix in any order:
   --num_train_epochs 2                        (trains by epochs; train.max_train_steps wins when both are set)
 
 Every field has a flag: its dotted path, and its name alone where that names one field. Values are YAML, as
-in a recipe (model.lact.lact_blocks=[0,2], train.resume_from_checkpoint=null). A key given twice with
-different values is an error. Errors name the key and the fix, and exit with status 2.
+in a recipe (model.lact.lact_blocks=[0,2], train.resume_from_checkpoint=null); a text field takes its text
+as typed (--mixed_precision no). A key given twice: the last one wins. Errors name the key and the fix, and
+exit with status 2.
 
   accelerate launch finetune/finetune.py --config configs/tiny.yaml --seed 7 --max_train_steps 3
 """
@@ -237,17 +238,17 @@ class _ConfigArgumentParser(argparse.ArgumentParser):
 
 
 class _Assign(argparse.Action):
-    """`--FLAG VALUE`: records (flag, dotted path, text) in `namespace.overrides`; OmegaConf parses the text later
+    """`--FLAG VALUE`: records (dotted path, text) in `namespace.overrides`; OmegaConf parses the text later
     (YAML syntax, as in a recipe)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        namespace.overrides.append((f"{option_string} {values}", self.dest, values))
+        namespace.overrides.append((self.dest, values))
 
 
 class _Switch(_Assign):
     """A boolean `--FLAG`: bare it means true and leaves the next argument alone (diffusers' `store_true`);
-    `--FLAG=false` and `--FLAG false` also work. argparse hands a bare switch the next argument when that is no
-    flag, so a `KEY=VALUE` override taken that way goes back to the overrides."""
+    `--FLAG=false` and `--FLAG false` also work. argparse hands a bare switch the next word when that is no
+    flag: an unknown `KEY=VALUE` taken that way goes back, to be reported as unknown."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values is not None and values.lower() not in _BOOLEAN_WORDS:
@@ -280,7 +281,7 @@ def config_parser() -> argparse.ArgumentParser:
         if section not in groups:
             groups[section] = parser.add_argument_group(f"{section} settings")
         annotation = typing.get_type_hints(cls)[name]
-        switch = annotation is bool
+        switch = path in _switch_paths()
         options = sorted((f"--{flag}" for flag, target in names.items() if target == path), key=len)
         default = functools.reduce(dict.__getitem__, path.split("."), defaults)
         comment = _field_comments(cls).get(name, "").replace("%", "%%")  # argparse %-formats help texts
@@ -310,39 +311,53 @@ def _metavar(annotation) -> str:
 
 
 def parse_command_line(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`argv` -> (the recipe of `--config`, the overrides as `dotted.path=value` in the order given).
+    """`argv` -> (the recipe of `--config`, the overrides as `dotted.path=value`).
 
     Flags (`--learning_rate 1e-4`, `--learning_rate=1e-4`, `--optimizer.learning_rate 1e-4`, bare switches such
-    as `--gradient_checkpointing`) and `KEY=VALUE` overrides mix in any order; `-` in a flag reads as `_`.
-    `--help` and `--version` print and exit 0, wherever they stand.
+    as `--gradient_checkpointing`) and `KEY=VALUE` overrides mix in any order, and the last one of a key wins
+    (as in argparse); `-` in a flag reads as `_`. `--help` and `--version` print and exit 0, wherever they stand.
 
     Raises:
         ConfigError: an unknown flag or key (with the nearest names, or where a diffusers flag's setting lives
-            here); a key given twice with different values; an argument that is neither a flag nor KEY=VALUE.
+            here); a flag without its value; an argument that is neither a flag nor KEY=VALUE.
     """
-    argv = [_underscored(arg) for arg in argv]
+    argv = _overrides_as_flags([_underscored(arg) for arg in argv])
     args, rest = config_parser().parse_known_args(argv, argparse.Namespace(overrides=[], positional=[]))
-    names = flag_names()
-    given = list(args.overrides)
-    for arg in [*args.positional, *rest]:
-        key, has_value, value = arg.partition("=")
+    for arg in [*args.positional, *rest]:  # what argparse did not read: unknown flags and keys, stray words
+        key, has_value, _ = arg.partition("=")
         if arg.startswith("-"):
             raise ConfigError(_unknown(key.lstrip("-"), f"flag {key}", "--"))
         if not has_value:
             raise ConfigError(f"cannot read argument {arg!r}: write a flag (--max_train_steps 10) or KEY=VALUE")
-        if key not in names:
-            raise ConfigError(_unknown(key, f"config key {key!r}"))
-        given.append((arg, names[key], value))
-    overrides = {}  # dotted path -> (the argument that set it, value)
-    for origin, path, value in given:
-        path = deprecated_key(path, DEPRECATED_FINETUNE_KEYS, "the command line")
-        if path in overrides and overrides[path][1] != value:
-            raise ConfigError(
-                f"{path} is given twice on the command line, with different values ({overrides[path][0]} and "
-                f"{origin}): give it once"
-            )
-        overrides[path] = (origin, value)
-    return args.config, [f"{path}={value}" for path, (_, value) in _length_by_epochs(overrides).items()]
+        raise ConfigError(_unknown(key, f"config key {key!r}"))
+    overrides = {
+        deprecated_key(path, DEPRECATED_FINETUNE_KEYS, "the command line"): value for path, value in args.overrides
+    }
+    if _asks_for_epochs({path.removeprefix("train.") for path in overrides if path.startswith("train.")}):
+        overrides["train.max_train_steps"] = "null"
+    return args.config, [f"{path}={value}" for path, value in overrides.items()]
+
+
+def _overrides_as_flags(argv: list[str]) -> list[str]:
+    """Each `KEY=VALUE` override of a known key as `--KEY=VALUE`, so that argparse reads overrides and flags in
+    one pass, in the order given. A word right after a flag that takes a value is that value, whatever it holds
+    (`--output_dir runs/lr=1e-4`)."""
+    names, switches = flag_names(), _switch_paths()
+    converted, is_value = [], False
+    for arg in argv:
+        key, has_value, _ = arg.partition("=")
+        if has_value and not is_value and not arg.startswith("-") and key in names:
+            arg = f"--{arg}"
+        converted.append(arg)
+        flag = arg[2:] if arg.startswith("--") and "=" not in arg else None
+        is_value = flag == "config" or (flag in names and names[flag] not in switches)
+    return converted
+
+
+@functools.cache
+def _switch_paths() -> frozenset[str]:
+    """The dotted paths of the bool fields: their flags are switches."""
+    return frozenset(path for path, cls, name in _leaf_fields() if typing.get_type_hints(cls)[name] is bool)
 
 
 def _underscored(arg: str) -> str:
@@ -363,12 +378,11 @@ def _unknown(key: str, what: str, prefix: str = "") -> str:
     return f"unknown {what}{hint}"
 
 
-def _length_by_epochs(settings: dict) -> dict:
-    """A layer (recipe or command line) that sets train.num_train_epochs and not train.max_train_steps asks for
-    epochs: it clears max_train_steps, which would otherwise win (a default or an earlier layer's)."""
-    if "train.num_train_epochs" in settings and "train.max_train_steps" not in settings:
-        return {**settings, "train.max_train_steps": ("", "null")}
-    return settings
+def _asks_for_epochs(train_keys) -> bool:
+    """Whether a layer (recipe or command line) that sets these train keys asks for epochs: num_train_epochs and
+    not max_train_steps. Such a layer clears max_train_steps, which would otherwise win (a default or an
+    earlier layer's)."""
+    return "num_train_epochs" in train_keys and "max_train_steps" not in train_keys
 
 
 def load_config(argv: list[str] | None = None) -> FinetuneConfig:
@@ -384,8 +398,8 @@ def load_config(argv: list[str] | None = None) -> FinetuneConfig:
         with _omegaconf_errors(where):
             recipe = _rename_deprecated_keys(OmegaConf.to_container(OmegaConf.load(config_path)), where)
             train = recipe.get("train") if isinstance(recipe.get("train"), dict) else {}
-            if "num_train_epochs" in train and "max_train_steps" not in train:
-                train["max_train_steps"] = None  # the recipe asks for epochs (see _length_by_epochs)
+            if _asks_for_epochs(train):
+                train["max_train_steps"] = None
             merged = OmegaConf.merge(merged, recipe)  # to_container keeps ${...} interpolations unresolved
     with _omegaconf_errors("the command line"):
         merged = OmegaConf.merge(merged, _command_line_tree(overrides))
