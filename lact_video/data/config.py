@@ -45,7 +45,7 @@ class DataConfig:
         """Raise ValueError, with the fix, if the clip's frames, size or frame rate cannot work."""
         check_video_geometry(self.num_frames, self.chunk_frames, self.height, self.width)
         if not self.fps > 0:
-            raise ValueError(f"fps={self.fps} must be positive (frames per second the clips are resampled to)")
+            raise ValueError(f"fps must be positive (the frame rate clips are resampled to), got fps={self.fps}")
 
     def validate(self) -> None:
         """Check the whole config; cheap, so call it before loading any model."""

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..training.config import ConfigError, exit_on_config_error
 from .config import DataConfig
 from .encode import encode_prompts, encode_videos, load_frozen_encoders
 from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry
@@ -79,8 +80,7 @@ class _Decoded(torch.utils.data.Dataset):
 
 def main(argv=None) -> pathlib.Path:
     """Write the latent cache that `argv` describes (see the module docstring); returns its folder."""
-    parser = make_parser()
-    args = parser.parse_args(argv)
+    args = make_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # 1. Check the settings and the output folder before loading anything
@@ -88,8 +88,8 @@ def main(argv=None) -> pathlib.Path:
     config = DataConfig(**{key: value for key, value in vars(args).items() if key in fields})
     try:
         config.validate()
-    except ValueError as error:  # a clip geometry that cannot work: one line and exit status 2, as argparse does
-        parser.error(str(error))
+    except ValueError as error:  # cli() prints it as one line, exit status 2, as argparse does
+        raise ConfigError(str(error)) from None
     output_dir = pathlib.Path(args.output_dir)
     if (output_dir / INDEX_FILE).exists():
         if not args.overwrite:
@@ -143,8 +143,10 @@ def main(argv=None) -> pathlib.Path:
 
 def cli() -> None:
     """The `lact-video-precompute` console script: `main` with its return value dropped (a console script's return
-    value is its exit status, so a returned folder would read as a failure)."""
-    main()
+    value is its exit status, so a returned folder would read as a failure). A setting that cannot work exits
+    with status 2 and one line."""
+    with exit_on_config_error():
+        main()
 
 
 if __name__ == "__main__":
