@@ -24,6 +24,7 @@ from lact_video.training.config import (
     ConfigError,
     _field_comments,
     _leaf_fields,
+    check_against_transformer,
     check_config,
     flag_names,
     lact_config,
@@ -356,3 +357,19 @@ def test_finetune_script_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("finetune.py: error: model.trainable=new_params") and "model.variant=swa" in last
+
+
+@pytest.mark.parametrize(
+    "override, keys",
+    [
+        ("model.lact.fw_head_dim=7", ["model.lact.fw_head_dim=7", "dim 24", "a divisor such as"]),
+        ("model.lact.lact_blocks=[0,5]", ["model.lact.lact_blocks=[0, 5]", "indices 0 to 1"]),
+        ("data.num_frames=4093", ["data.num_frames=4093", "rope_max_seq_len"]),
+    ],
+)
+def test_settings_that_do_not_fit_the_base_name_the_key_and_what_fits(override, keys):
+    """The checks against the base transformer's config.json (the tiny Wan: dim 24, 2 blocks)."""
+    config = load_config(["--config", TINY, *SOURCES, override, "data.chunk_frames=1"])
+    with pytest.raises(ConfigError) as error:
+        check_against_transformer(config, {**TRANSFORMER_CONFIGS["tiny"], "rope_max_seq_len": 1000})
+    assert all(key in str(error.value) for key in keys), str(error.value)

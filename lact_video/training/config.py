@@ -650,22 +650,34 @@ def _check_optimization(config: FinetuneConfig) -> None:
 
 
 def check_against_transformer(config: FinetuneConfig, transformer_config: dict) -> None:
-    """Checks that need the base transformer's config.json (read without loading any weights)."""
+    """Checks that need the base transformer's config.json (read without loading any weights).
+
+    Raises:
+        ConfigError: the LaCT settings or the clip do not fit the base transformer, with the values that do.
+    """
     dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     lact = config.model.lact
     if lact.fw_head_dim <= 0 or dim % lact.fw_head_dim:
-        raise ValueError(f"model.lact.fw_head_dim={lact.fw_head_dim} must divide the model dim {dim}")
+        divisors = [d for d in range(dim // 8, dim + 1) if dim % d == 0][:4]
+        raise ConfigError(
+            f"model.lact.fw_head_dim={lact.fw_head_dim} does not divide the base model's dim {dim} (heads x head dim): "
+            f"use a divisor such as {', '.join(map(str, divisors))}"
+        )
     layers = transformer_config["num_layers"]
     if lact.lact_blocks is not None and not all(0 <= i < layers for i in lact.lact_blocks):
-        raise ValueError(f"model.lact.lact_blocks={lact.lact_blocks} must be block indices in [0, {layers})")
+        raise ConfigError(
+            f"model.lact.lact_blocks={lact.lact_blocks} names blocks the base model lacks: it has {layers} blocks, "
+            f"indices 0 to {layers - 1} (null puts a memory in all of them)"
+        )
     p_t, p_h, p_w = transformer_config["patch_size"]
     data = config.data
     h, w = latent_size(data.height, data.width)
     post_patch = (data.latent_frames // p_t, h // p_h, w // p_w)
     if max(post_patch) > transformer_config["rope_max_seq_len"]:
-        raise ValueError(
-            f"the clip is {post_patch} (frames, height, width) after patching, beyond the transformer's "
-            f"rope_max_seq_len={transformer_config['rope_max_seq_len']}"
+        raise ConfigError(
+            f"the clip (data.num_frames={data.num_frames}, data.height={data.height}, data.width={data.width}) is "
+            f"{post_patch} (frames, height, width) after patching, beyond the base transformer's "
+            f"rope_max_seq_len={transformer_config['rope_max_seq_len']}: use fewer frames or a smaller size"
         )
 
 
