@@ -174,6 +174,13 @@ class FinetuneConfig:
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+# The text fields with a fixed set of values (checked by check_config, shown by --help).
+TEXT_CHOICES = {
+    "train.mixed_precision": MIXED_PRECISION,
+    "train.report_to": REPORT_TO,
+    "optimizer.lr_scheduler": LR_SCHEDULERS,
+}
 
 # Flags that are not a field name of the tree, or name more than one field: diffusers' `--seed` seeds the whole
 # run (data.seed follows train.seed), as `set_seed(args.seed)` does in diffusers' training examples.
@@ -186,6 +193,7 @@ DIFFUSERS_FLAGS_ELSEWHERE = {
     "resolution": "set the clip size with --height H --width W (multiples of 16)",
     "dataset_name": "give a local video folder with metadata.jsonl or metadata.csv: --train_data_dir DIR",
     "logging_dir": "tracker logs go to train.output_dir/logs (--output_dir DIR)",
+    "local_rank": "launch with accelerate launch (or torchrun), which passes the rank in the environment",
     "push_to_hub": "upload the exported folder (train.export_dir, by default train.output_dir) with "
     "huggingface_hub's upload_folder after training",
 }
@@ -290,7 +298,7 @@ def config_parser() -> argparse.ArgumentParser:
             dest=path,
             action=_Switch if switch else _Assign,
             nargs="?" if switch else None,
-            metavar=_metavar(annotation),
+            metavar="{" + ",".join(TEXT_CHOICES[path]) + "}" if path in TEXT_CHOICES else _metavar(annotation),
             help=f"{comment} [{path}; default: {'required' if default == MISSING else default}]",
         )
     for old in DEPRECATED_FINETUNE_KEYS:  # accepted, not shown: read with a FutureWarning
@@ -642,10 +650,10 @@ def _check_optimization(config: FinetuneConfig) -> None:
             "ema.ema_decay": (ema.ema_decay, 0 <= ema.ema_decay < 1, "must lie in [0, 1)"),
         }
     )
-    schedulers = [kind.value for kind in SchedulerType]
-    if optim.lr_scheduler not in schedulers:
+    if optim.lr_scheduler not in LR_SCHEDULERS:
         raise ConfigError(
-            f"optimizer.lr_scheduler={optim.lr_scheduler!r} is not a diffusers scheduler: use one of {', '.join(schedulers)}"
+            f"optimizer.lr_scheduler={optim.lr_scheduler!r} is not a diffusers scheduler: use one of "
+            f"{', '.join(LR_SCHEDULERS)}"
         )
 
 
