@@ -8,7 +8,7 @@
     python finetune/finetune.py --help                            # every config field
 """
 
-from lact_video.training.trainer import main
+from lact_video.training.trainer import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

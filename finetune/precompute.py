@@ -5,7 +5,7 @@
         --fps 16 --max_sequence_length 512 --batch_size 1 --shard_size 256]
 """
 
-from lact_video.data.precompute import main
+from lact_video.data.precompute import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -6,7 +6,7 @@
     python finetune/validate.py --help    # what a checkpoint may be, and every option
 """
 
-from lact_video.training.validate import main
+from lact_video.training.validate import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

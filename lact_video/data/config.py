@@ -45,12 +45,18 @@ class DataConfig:
         """Raise ValueError, with the fix, if the clip's frames, size or frame rate cannot work."""
         check_video_geometry(self.num_frames, self.chunk_frames, self.height, self.width)
         if not self.fps > 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+            raise ValueError(f"fps must be positive (the frame rate clips are resampled to), got fps={self.fps}")
 
     def validate(self) -> None:
         """Check the whole config; cheap, so call it before loading any model."""
         self.check_clip()
         if self.train_data_dir is None and self.cache_dir is None:
-            raise ValueError("set train_data_dir (a video folder) or cache_dir (latents from finetune/precompute.py)")
+            raise ValueError(
+                "train_data_dir and cache_dir are both unset, so there is nothing to train on: set train_data_dir "
+                "(a video folder) or cache_dir (latents from finetune/precompute.py)"
+            )
         if self.dataloader_num_workers < 0:
-            raise ValueError(f"dataloader_num_workers must be >= 0, got {self.dataloader_num_workers}")
+            raise ValueError(
+                f"dataloader_num_workers={self.dataloader_num_workers} must be 0 or more (0 decodes in the training "
+                "process)"
+            )

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..training.config import ConfigError, exit_on_config_error
 from .config import DataConfig
 from .encode import encode_prompts, encode_videos, load_frozen_encoders
 from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry, cache_sampling
@@ -33,7 +34,7 @@ logger = logging.getLogger("precompute")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     defaults = DataConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pretrained_model_name_or_path", required=True, help="Wan2.1 diffusers folder or hub id")
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache in output_dir")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser.parse_args(argv)
+    return parser
 
 
 class _Decoded(torch.utils.data.Dataset):
@@ -84,13 +85,16 @@ class _Decoded(torch.utils.data.Dataset):
 
 def main(argv=None) -> pathlib.Path:
     """Write the latent cache that `argv` describes (see the module docstring); returns its folder."""
-    args = parse_args(argv)
+    args = make_parser().parse_args(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     # 1. Check the settings and the output folder before loading anything
     fields = {field.name for field in dataclasses.fields(DataConfig)}
     config = DataConfig(**{key: value for key, value in vars(args).items() if key in fields})
-    config.validate()
+    try:
+        config.validate()
+    except ValueError as error:  # cli() prints it as one line, exit status 2, as argparse does
+        raise ConfigError(str(error)) from None
     output_dir = pathlib.Path(args.output_dir)
     if (output_dir / INDEX_FILE).exists():
         if not args.overwrite:
@@ -143,8 +147,10 @@ def main(argv=None) -> pathlib.Path:
 
 def cli() -> None:
     """The `lact-video-precompute` console script: `main` with its return value dropped (a console script's return
-    value is its exit status, so a returned folder would read as a failure)."""
-    main()
+    value is its exit status, so a returned folder would read as a failure). A setting that cannot work exits
+    with status 2 and one line."""
+    with exit_on_config_error():
+        main()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,18 @@ from ..training.flow_matching import sample_seed, teacher_forcing_loss
 DEFAULT_NOISE_LEVELS = tuple(round(float(x), 4) for x in np.linspace(0.05, 0.95, 10))
 
 
+def check_noise_levels(noise_levels: Iterable[float]) -> None:
+    """Raise ValueError unless `noise_levels` is a non-empty list of levels in (0, 1): the open interval, as the
+    levels compare noisy chunks (0 is a clean chunk, 1 pure noise). Shared by train.validation_noise_levels and
+    validate.py's --noise_levels, so both accept the same levels."""
+    levels = list(noise_levels)
+    if not levels or not all(0.0 < t < 1.0 for t in levels):
+        raise ValueError(
+            f"the noise levels must be one or more numbers strictly between 0 (clean) and 1 (pure noise), "
+            f"got {levels}; for example [0.25, 0.5, 0.75]"
+        )
+
+
 @dataclass
 class PerChunkLoss:
     """Results for one checkpoint.
@@ -82,6 +94,7 @@ def per_chunk_loss(
     """
     if num_clips < 1:
         raise ValueError("No clips to evaluate: the validation data is empty.")
+    check_noise_levels(noise_levels)
     levels = tuple(float(x) for x in noise_levels)
     # The LaCT config, also through a DeepSpeed/DDP wrapper (whose own `config` is something else).
     config = getattr(model, "module", model).config

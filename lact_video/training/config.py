@@ -1,33 +1,51 @@
-"""Typed configuration of the trainer (`finetune/finetune.py`): one dataclass per concern, parsed by OmegaConf.
+"""The trainer's configuration (`finetune/finetune.py`): one dataclass per concern, merged by OmegaConf,
+with the flags of diffusers' training examples read by argparse.
 
-A run's config is the defaults below, then a recipe (`--config configs/<recipe>.yaml`), then
-command-line overrides, later ones winning. Overrides are `key=value` or `--key value` (also
-`--key=value`). Keys are dotted (`optimizer.learning_rate=1e-4`, `model.lact.fw_head_dim=768`);
-a field name that occurs once in the whole tree may be given alone (`--max_train_steps 10`).
-Values are parsed by OmegaConf (YAML syntax: `model.lact.lact_blocks=[0,2]`, `train.resume_from_checkpoint=null`).
+A run's config is the defaults, then a recipe (--config configs/<recipe>.yaml), then the command line.
+On the command line, flags and dotted overrides mix in any order:
 
-    python finetune/finetune.py --help     # prints every field with its default
+  --learning_rate 1e-4  --learning_rate=1e-4  --optimizer.learning_rate 1e-4  optimizer.learning_rate=1e-4
+  --gradient_checkpointing  --use_ema=false   (a bare switch means true and does not take the next argument)
+  --seed 7                                    (train.seed, which data.seed follows unless set itself)
+  --num_train_epochs 2                        (trains by epochs; train.max_train_steps wins when both are set)
+
+Every field has a flag: its dotted path, and its name alone where that names one field. Values are YAML, as
+in a recipe (model.lact.lact_blocks=[0,2], train.resume_from_checkpoint=null); a text field takes its text
+as typed (--mixed_precision no). A key given twice: the last one wins. Errors name the key and the fix, and
+exit with status 2.
+
+  accelerate launch finetune/finetune.py --config configs/tiny.yaml --seed 7 --max_train_steps 3
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
+import collections
+import contextlib
 import dataclasses
 import difflib
+import enum
 import functools
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import textwrap
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import yaml
+from diffusers.optimization import SchedulerType
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from .. import __version__
 from ..data.config import DataConfig
-from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS
+from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS, check_noise_levels
 from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
@@ -108,8 +126,10 @@ class TrainConfig:
     output_dir: str = "outputs/lact"
     # Seeds the weights' new parameters, the data order, the noise and the caption dropout.
     seed: int = 0
-    # Optimizer steps to train for.
-    max_train_steps: int = 5000
+    # Optimizer steps to train for; null trains num_train_epochs passes over the data instead.
+    max_train_steps: int | None = 5000
+    # Passes over the training data, used when max_train_steps is null (as in diffusers, max_train_steps wins).
+    num_train_epochs: int | None = None
     # Clips per process per micro-step.
     train_batch_size: int = 1
     # Micro-batches per optimizer step.
@@ -145,7 +165,8 @@ class TrainConfig:
 @dataclass
 class FinetuneConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    # data.seed follows train.seed (`--seed` seeds the whole run, as in diffusers) unless set itself.
+    data: DataConfig = field(default_factory=lambda: DataConfig(seed="${train.seed}"))
     flow_matching: FlowMatchingConfig = field(default_factory=FlowMatchingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -154,6 +175,39 @@ class FinetuneConfig:
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
+LR_SCHEDULERS = tuple(kind.value for kind in SchedulerType)
+# The text fields with a fixed set of values (checked by check_config, shown by --help).
+TEXT_CHOICES = {
+    "train.mixed_precision": MIXED_PRECISION,
+    "train.report_to": REPORT_TO,
+    "optimizer.lr_scheduler": LR_SCHEDULERS,
+}
+
+# Flags that are not a field name of the tree, or name more than one field: diffusers' `--seed` seeds the whole
+# run (data.seed follows train.seed), as `set_seed(args.seed)` does in diffusers' training examples.
+FLAG_ALIASES = {"seed": "train.seed"}
+# Flags of diffusers' training examples that have no field here, and what to use instead.
+DIFFUSERS_FLAGS_ELSEWHERE = {
+    "validation_prompt": "this trainer validates by the per-chunk loss on held-out clips (data.validation_data_dir "
+    "with train.validation_steps); for sample videos run pipelines/generate.py --model EXPORT_DIR --prompt ...",
+    "validation_epochs": "validation runs every train.validation_steps optimizer steps (--validation_steps N)",
+    "resolution": "set the clip size with --height H --width W (multiples of 16)",
+    "dataset_name": "give a local video folder with metadata.jsonl or metadata.csv: --train_data_dir DIR",
+    "logging_dir": "tracker logs go to train.output_dir/logs (--output_dir DIR)",
+    "local_rank": "launch with accelerate launch (or torchrun), which passes the rank in the environment",
+    "push_to_hub": "upload the exported folder (train.export_dir, by default train.output_dir) with "
+    "huggingface_hub's upload_folder after training",
+}
+DIFFUSERS_FLAGS_ELSEWHERE["validation_prompts"] = DIFFUSERS_FLAGS_ELSEWHERE["validation_prompt"]
+_BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")  # what OmegaConf reads as a bool
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, in the user's terms: the key (dotted path or flag), what is wrong, the fix.
+
+    Raised before any model loads. Command-line tools print it as one line and exit with status 2, as argparse
+    does for a bad argument (`exit_on_config_error`).
+    """
 
 
 def _leaf_fields(cls=FinetuneConfig, prefix: str = "") -> Iterator[tuple[str, type, str]]:
@@ -171,64 +225,255 @@ def leaf_paths() -> list[str]:
     return [path for path, _, _ in _leaf_fields()]
 
 
-def _qualify(key: str, paths: list[str]) -> str:
-    """`key` as a dotted path: as is when it is one, else the one path ending in `.key`."""
-    if key in paths:
-        return key
-    matches = [] if "." in key else [p for p in paths if p.endswith("." + key)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ValueError(f"{key!r} is ambiguous: write one of {', '.join(matches)}")
-    close = difflib.get_close_matches(key, paths + [p.rsplit(".", 1)[-1] for p in paths], n=3)
-    raise ValueError(f"unknown config key {key!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+@functools.cache
+def flag_names() -> dict[str, str]:
+    """Every name a key may be given by on the command line (`--NAME` or `NAME=`) -> its dotted path.
+
+    The dotted path itself; the field name alone where it names one field (`max_train_steps`); `FLAG_ALIASES`;
+    and the deprecated names of `DEPRECATED_FINETUNE_KEYS`, mapped to the old path (renamed, with a warning, when
+    read), the short ones too (`mode`).
+    """
+    paths = leaf_paths() + list(DEPRECATED_FINETUNE_KEYS)
+    counts = collections.Counter(path.rpartition(".")[2] for path in paths)
+    short = {path.rpartition(".")[2]: path for path in paths if counts[path.rpartition(".")[2]] == 1}
+    return {**{path: path for path in paths}, **short, **FLAG_ALIASES}
 
 
-def split_argv(argv: list[str]) -> tuple[str | None, list[str]]:
-    """`--config PATH` and the overrides, normalised to `dotted.key=value`."""
-    config_path, overrides, paths = None, [], leaf_paths()
-    known = paths + list(DEPRECATED_FINETUNE_KEYS)  # old names qualify as they did (`--mode`), then get renamed
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            key, has_value, value = arg[2:].partition("=")
-            if not has_value:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"{arg} needs a value")
-                value, i = argv[i + 1], i + 1
-        elif "=" in arg:
-            key, _, value = arg.partition("=")
-        else:
-            raise ValueError(f"cannot read argument {arg!r}: use key=value or --key value")
-        if key == "config":
-            config_path = value
-        else:
-            path = deprecated_key(_qualify(key.replace("-", "_"), known), DEPRECATED_FINETUNE_KEYS, "the command line")
-            overrides.append(f"{path}={value}")
-        i += 1
-    return config_path, overrides
+class _ConfigArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors raised as `ConfigError` (one line), so `load_config` reports like `check_config`."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+class _Assign(argparse.Action):
+    """`--FLAG VALUE`: records (dotted path, text) in `namespace.overrides`; OmegaConf parses the text later
+    (YAML syntax, as in a recipe)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.overrides.append((self.dest, values))
+
+
+class _Switch(_Assign):
+    """A boolean `--FLAG`: bare it means true and leaves the next argument alone (diffusers' `store_true`);
+    `--FLAG=false` and `--FLAG false` also work. argparse hands a bare switch the next word when that is no
+    flag: an unknown `KEY=VALUE` taken that way goes back, to be reported as unknown."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values is not None and values.lower() not in _BOOLEAN_WORDS:
+            if "=" not in values:
+                raise ConfigError(
+                    f"{option_string} is a switch: give it alone, or {option_string}=false; got {values!r}"
+                )
+            namespace.positional.append(values)
+            values = None
+        super().__call__(parser, namespace, "true" if values is None else values, option_string)
+
+
+@functools.cache
+def config_parser() -> argparse.ArgumentParser:
+    """The trainer's command line: `--config`, one flag per config field (help from the field's comment), and
+    `KEY=VALUE` overrides (kept for `parse_command_line`, argparse does not see them as arguments)."""
+    parser = _ConfigArgumentParser(
+        usage="%(prog)s [--config RECIPE.yaml] [--FLAG [VALUE] ...] [KEY=VALUE ...]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a prefix of a flag is an error, not a guess
+    )
+    parser.add_argument("--config", metavar="RECIPE.yaml", help="a recipe: YAML of the config tree (configs/*.yaml)")
+    parser.add_argument("--version", action="version", version=f"lact-video {__version__}")
+    names = flag_names()
+    defaults = OmegaConf.to_container(OmegaConf.structured(FinetuneConfig), enum_to_str=True)
+    groups = {}
+    for path, cls, name in _leaf_fields():
+        section = path.rpartition(".")[0]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings")
+        annotation = typing.get_type_hints(cls)[name]
+        switch = path in _switch_paths()
+        options = sorted((f"--{flag}" for flag, target in names.items() if target == path), key=len)
+        default = functools.reduce(dict.__getitem__, path.split("."), defaults)
+        comment = _field_comments(cls).get(name, "").replace("%", "%%")  # argparse %-formats help texts
+        groups[section].add_argument(
+            *options,
+            dest=path,
+            action=_Switch if switch else _Assign,
+            nargs="?" if switch else None,
+            metavar="{" + ",".join(TEXT_CHOICES[path]) + "}" if path in TEXT_CHOICES else _metavar(annotation),
+            help=f"{comment} [{path}; default: {'required' if default == MISSING else default}]",
+        )
+    for old in DEPRECATED_FINETUNE_KEYS:  # accepted, not shown: read with a FutureWarning
+        options = [f"--{flag}" for flag, target in names.items() if target == old]
+        parser.add_argument(*options, dest=old, action=_Assign, help=argparse.SUPPRESS)
+    return parser
+
+
+def _metavar(annotation) -> str:
+    """How a flag's value looks in --help: the choices of an enum, `[FLOAT,...]` for a list, else the type."""
+    if isinstance(annotation, types.UnionType):  # X | None
+        (annotation,) = (kind for kind in typing.get_args(annotation) if kind is not type(None))
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "{" + ",".join(member.value for member in annotation) + "}"
+    if typing.get_origin(annotation) is list:
+        return f"[{typing.get_args(annotation)[0].__name__.upper()},...]"
+    return "true|false" if annotation is bool else annotation.__name__.upper()
+
+
+def parse_command_line(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`argv` -> (the recipe of `--config`, the overrides as `dotted.path=value`).
+
+    Flags (`--learning_rate 1e-4`, `--learning_rate=1e-4`, `--optimizer.learning_rate 1e-4`, bare switches such
+    as `--gradient_checkpointing`) and `KEY=VALUE` overrides mix in any order, and the last one of a key wins
+    (as in argparse); `-` in a flag reads as `_`. `--help` and `--version` print and exit 0, wherever they stand.
+
+    Raises:
+        ConfigError: an unknown flag or key (with the nearest names, or where a diffusers flag's setting lives
+            here); a flag without its value; an argument that is neither a flag nor KEY=VALUE.
+    """
+    argv = _overrides_as_flags([_underscored(arg) for arg in argv])
+    args, rest = config_parser().parse_known_args(argv, argparse.Namespace(overrides=[], positional=[]))
+    for arg in [*args.positional, *rest]:  # what argparse did not read: unknown flags and keys, stray words
+        key, has_value, _ = arg.partition("=")
+        if arg.startswith("-"):
+            raise ConfigError(_unknown(key.lstrip("-"), f"flag {key}", "--"))
+        if not has_value:
+            raise ConfigError(f"cannot read argument {arg!r}: write a flag (--max_train_steps 10) or KEY=VALUE")
+        raise ConfigError(_unknown(key, f"config key {key!r}"))
+    overrides = {
+        deprecated_key(path, DEPRECATED_FINETUNE_KEYS, "the command line"): value for path, value in args.overrides
+    }
+    if _asks_for_epochs({path.removeprefix("train.") for path in overrides if path.startswith("train.")}):
+        overrides["train.max_train_steps"] = "null"
+    return args.config, [f"{path}={value}" for path, value in overrides.items()]
+
+
+def _overrides_as_flags(argv: list[str]) -> list[str]:
+    """Each `KEY=VALUE` override of a known key as `--KEY=VALUE`, so that argparse reads overrides and flags in
+    one pass, in the order given. A word right after a flag that takes a value is that value, whatever it holds
+    (`--output_dir runs/lr=1e-4`)."""
+    names, switches = flag_names(), _switch_paths()
+    converted, is_value = [], False
+    for arg in argv:
+        key, has_value, _ = arg.partition("=")
+        if has_value and not is_value and not arg.startswith("-") and key in names:
+            arg = f"--{arg}"
+        converted.append(arg)
+        flag = arg[2:] if arg.startswith("--") and "=" not in arg else None
+        is_value = flag == "config" or (flag in names and names[flag] not in switches)
+    return converted
+
+
+@functools.cache
+def _switch_paths() -> frozenset[str]:
+    """The dotted paths of the bool fields: their flags are switches."""
+    return frozenset(path for path, cls, name in _leaf_fields() if typing.get_type_hints(cls)[name] is bool)
+
+
+def _underscored(arg: str) -> str:
+    """`--max-train-steps=3` -> `--max_train_steps=3`: flags are written both ways; values are left alone."""
+    if not arg.startswith("--"):
+        return arg
+    flag, has_value, value = arg.partition("=")
+    return flag.replace("-", "_").replace("__", "--", 1) + has_value + value
+
+
+def _unknown(key: str, what: str, prefix: str = "") -> str:
+    """The message for an unknown flag or key: where diffusers' flag lives here, or the nearest names."""
+    if key in DIFFUSERS_FLAGS_ELSEWHERE:
+        return f"unknown {what}: {DIFFUSERS_FLAGS_ELSEWHERE[key]}"
+    current = [name for name, path in flag_names().items() if path not in DEPRECATED_FINETUNE_KEYS]
+    close = [prefix + name for name in difflib.get_close_matches(key, current, n=3)]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; --help lists them all"
+    return f"unknown {what}{hint}"
+
+
+def _asks_for_epochs(train_keys) -> bool:
+    """Whether a layer (recipe or command line) that sets these train keys asks for epochs: num_train_epochs and
+    not max_train_steps. Such a layer clears max_train_steps, which would otherwise win (a default or an
+    earlier layer's)."""
+    return "num_train_epochs" in train_keys and "max_train_steps" not in train_keys
 
 
 def load_config(argv: list[str] | None = None) -> FinetuneConfig:
-    """Defaults, then the recipe, then the overrides: a checked `FinetuneConfig`."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        print(OmegaConf.to_yaml(OmegaConf.structured(FinetuneConfig)))
-        raise SystemExit(0)
-    if argv and argv[0] == "--version":
-        print(f"lact-video {__version__}")
-        raise SystemExit(0)
-    config_path, overrides = split_argv(argv)
+    """Defaults, then the recipe, then the command line (flags and overrides): a checked `FinetuneConfig`.
+
+    Raises:
+        ConfigError: a bad argument, an unknown key, a value of the wrong type, or a failed `check_config`.
+    """
+    config_path, overrides = parse_command_line(sys.argv[1:] if argv is None else list(argv))
     merged = OmegaConf.structured(FinetuneConfig)
     if config_path is not None:
-        recipe = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)  # keeps ${...} interpolations
-        merged = OmegaConf.merge(merged, _rename_deprecated_keys(recipe, f"config {config_path}"))
-    merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
-    config = OmegaConf.to_object(merged)
+        where = f"--config {config_path}"
+        with _omegaconf_errors(where):
+            recipe = _rename_deprecated_keys(OmegaConf.to_container(OmegaConf.load(config_path)), where)
+            train = recipe.get("train") if isinstance(recipe.get("train"), dict) else {}
+            if _asks_for_epochs(train):
+                train["max_train_steps"] = None
+            merged = OmegaConf.merge(merged, recipe)  # to_container keeps ${...} interpolations unresolved
+    with _omegaconf_errors("the command line"):
+        merged = OmegaConf.merge(merged, _command_line_tree(overrides))
+    with _omegaconf_errors(None):  # a required key left unset, or an interpolation to no key
+        config = OmegaConf.to_object(merged)
     check_config(config)
     return config
+
+
+def _command_line_tree(overrides: list[str]):
+    """`dotted.path=value` overrides as an OmegaConf tree. Values are YAML (`[0,2]`, `null`, `1e-4`), except that
+    a text field (a str or an enum) takes its text as typed: YAML would read `--mixed_precision no` as false, and
+    diffusers users type it so. `null` still clears such a field; a quoted value is unquoted."""
+    text_fields = {path for path, cls, name in _leaf_fields() if _is_text(typing.get_type_hints(cls)[name])}
+    verbatim, parsed = {}, []
+    for item in overrides:
+        path, _, value = item.partition("=")
+        if path in text_fields and value not in ("null", "~") and value[:1] not in ("'", '"'):
+            verbatim[path] = value
+        else:
+            parsed.append(item)
+    tree = OmegaConf.from_dotlist(parsed)
+    for path, value in verbatim.items():
+        OmegaConf.update(tree, path, value, force_add=True)
+    return tree
+
+
+def _is_text(annotation) -> bool:
+    """Whether a field holds text: str or an enum, also `| None`."""
+    kinds = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return any(kind is str or (isinstance(kind, type) and issubclass(kind, enum.Enum)) for kind in kinds)
+
+
+@contextlib.contextmanager
+def _omegaconf_errors(where: str | None):
+    """OmegaConf's and YAML's errors (several lines, with the object types) as one `ConfigError` line."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as error:
+        key = error.full_key
+        if isinstance(error, ConfigKeyError):
+            message = _unknown(key, f"config key {key}")
+        elif isinstance(error, MissingMandatoryValue):
+            message = f"{key} has no value: set it in the recipe or pass --{key} VALUE"
+        else:
+            message = f"{key}: {str(error).splitlines()[0]}" if key else str(error).splitlines()[0]
+        raise ConfigError(f"{where}: {message}" if where else message) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except OSError as error:
+        raise ConfigError(f"{where}: cannot read the recipe ({error.strerror}): give an existing YAML file") from None
+    except ValueError as error:  # rename_deprecated: an old key and its new name, with different values
+        raise ConfigError(str(error)) from None
+
+
+@contextlib.contextmanager
+def exit_on_config_error():
+    """The command-line boundary: a `ConfigError` prints as `PROG: error: MESSAGE` on stderr and exits with
+    status 2, without a traceback (as argparse does for a bad argument)."""
+    try:
+        yield
+    except ConfigError as error:
+        config_parser().exit(2, f"{os.path.basename(sys.argv[0])}: error: {error}\n")  # argparse's prog
 
 
 def _rename_deprecated_keys(tree: dict, where: str) -> dict:
@@ -265,69 +510,196 @@ def to_flat_dict(config: FinetuneConfig) -> dict:
 
 
 def check_config(config: FinetuneConfig) -> None:
-    """Cheap checks, before any model loads: clip geometry, data sources, training settings."""
-    config.data.validate()
-    train, optim = config.train, config.optimizer
-    positive = {
-        "train.max_train_steps": train.max_train_steps,
+    """Cheap checks, before any model loads: each `ConfigError` names the keys, what is wrong and the fix."""
+    try:
+        config.data.validate()
+    except ValueError as error:
+        raise ConfigError(f"data: {error}") from None
+    _check_trainable(config.model, config.data)
+    _check_training_length(config.train)
+    _check_train(config)
+    _check_optimization(config)
+
+
+def _check_trainable(model: ModelConfig, data: DataConfig) -> None:
+    """The trainable set must hold parameters: new_params are the fast-weight memories, which a baseline variant
+    (or an empty lact_blocks) removes; AdamW would fail after every model has loaded."""
+    blocks = VARIANTS[model.variant].get("lact_blocks", model.lact.lact_blocks)
+    if model.trainable == Trainable.new_params and blocks == []:
+        cause = (
+            f"model.variant={model.variant.value} (formerly model.mode) has no fast-weight memory"
+            if model.variant != Variant.lact
+            else "model.lact.lact_blocks=[] gives no block a fast-weight memory"
+        )
+        raise ConfigError(
+            f"model.trainable=new_params trains only the fast-weight memories, and {cause}, so nothing would train: "
+            f"set model.trainable=lact_layers (the attention layers) or all to finetune this baseline, or "
+            f"model.variant=lact with memory blocks to train the memory"
+        )
+
+
+def _check_training_length(train: TrainConfig) -> None:
+    if train.max_train_steps is None and train.num_train_epochs is None:
+        raise ConfigError(
+            "train.max_train_steps and train.num_train_epochs are both null, so the run has no length: "
+            "set one (--max_train_steps N or --num_train_epochs N)"
+        )
+    lengths = {"train.max_train_steps": train.max_train_steps, "train.num_train_epochs": train.num_train_epochs}
+    _require(
+        {
+            key: (value, value is None or value >= 1, "trains nothing: set it to 1 or more")
+            for key, value in lengths.items()
+        }
+    )
+
+
+def _check_train(config: FinetuneConfig) -> None:
+    train = config.train
+    at_least_one = {
         "train.train_batch_size": train.train_batch_size,
         "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train.checkpointing_steps": train.checkpointing_steps,
         "train.logging_steps": train.logging_steps,
         "model.lact.num_repeat": config.model.lact.num_repeat,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ValueError(f"{key} must be >= 1, got {value}")
+    _require({key: (value, value >= 1, "must be 1 or more") for key, value in at_least_one.items()})
     if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
-        raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {train.checkpoints_total_limit}")
-    if train.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"train.mixed_precision must be one of {MIXED_PRECISION}, got {train.mixed_precision!r}")
-    if train.report_to not in REPORT_TO:
-        raise ValueError(f"train.report_to must be one of {REPORT_TO}, got {train.report_to!r}")
-    if train.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
-        raise ValueError("train.report_to=wandb needs the wandb package (pip install wandb)")
-    if train.validation_steps < 0:
-        raise ValueError(f"train.validation_steps must be >= 0, got {train.validation_steps}")
-    if train.validation_steps and config.data.validation_data_dir is None:
-        raise ValueError("train.validation_steps is set but data.validation_data_dir is not")
-    if not all(0.0 <= t <= 1.0 for t in train.validation_noise_levels):
-        raise ValueError(f"train.validation_noise_levels must lie in [0, 1], got {train.validation_noise_levels}")
-    if train.export_only and not train.resume_from_checkpoint:
-        raise ValueError("train.export_only needs train.resume_from_checkpoint (a checkpoint folder or 'latest')")
-    if not 0.0 <= config.flow_matching.caption_dropout <= 1.0:
-        raise ValueError(
-            f"flow_matching.caption_dropout must be in [0, 1], got {config.flow_matching.caption_dropout}"
+        raise ConfigError(
+            f"train.checkpoints_total_limit={train.checkpoints_total_limit} would keep no checkpoint: "
+            "set it to 1 or more, or null to keep them all"
         )
-    if config.flow_matching.shift <= 0 or config.flow_matching.logit_std <= 0:
-        raise ValueError("flow_matching.shift and flow_matching.logit_std must be > 0")
-    if optim.learning_rate <= 0 or optim.new_params_lr_multiplier <= 0 or optim.max_grad_norm <= 0:
-        raise ValueError("optimizer.learning_rate, new_params_lr_multiplier and max_grad_norm must be > 0")
+    if train.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(
+            f"train.mixed_precision={train.mixed_precision!r} is not a precision: use one of {', '.join(MIXED_PRECISION)}"
+        )
+    if train.report_to not in REPORT_TO:
+        raise ConfigError(f"train.report_to={train.report_to!r} is not a tracker: use one of {', '.join(REPORT_TO)}")
+    if train.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            "train.report_to=wandb needs the wandb package: pip install wandb, or set train.report_to=tensorboard"
+        )
+    _check_validation(train, config.data)
+    if train.export_only and not train.resume_from_checkpoint:
+        raise ConfigError(
+            "train.export_only=true exports a trained checkpoint, but train.resume_from_checkpoint is not set: "
+            "set it to a checkpoint folder or 'latest'"
+        )
     base, export_dir = config.model.pretrained_model_name_or_path, train.export_dir or train.output_dir
     if os.path.isdir(base) and os.path.realpath(export_dir) == os.path.realpath(base):
-        raise ValueError(f"the export folder {export_dir} is the base model's folder; the export would overwrite it")
-    if not 0.0 <= config.ema.ema_decay < 1.0:
-        raise ValueError(f"ema.ema_decay must lie in [0, 1), got {config.ema.ema_decay}")
+        key = "train.export_dir" if train.export_dir else "train.output_dir"
+        raise ConfigError(
+            f"{key}={export_dir} is the base model's folder (model.pretrained_model_name_or_path), which the export "
+            f"would overwrite: set {key} to another folder"
+        )
+
+
+def _check_validation(train: TrainConfig, data: DataConfig) -> None:
+    if train.validation_steps < 0:
+        raise ConfigError(
+            f"train.validation_steps={train.validation_steps}: set N > 0 to validate every N steps, or 0 for none"
+        )
+    if train.validation_steps and data.validation_data_dir is None:
+        raise ConfigError(
+            f"train.validation_steps={train.validation_steps} needs held-out clips, and data.validation_data_dir "
+            "is not set: set data.validation_data_dir=DIR, or train.validation_steps=0"
+        )
+    if not train.validation_steps and data.validation_data_dir is not None:
+        raise ConfigError(
+            "data.validation_data_dir is set but train.validation_steps=0, so it would never be used: "
+            "set train.validation_steps=N to validate every N steps, or leave data.validation_data_dir unset"
+        )
+    try:
+        check_noise_levels(train.validation_noise_levels)
+    except ValueError as error:
+        raise ConfigError(f"train.validation_noise_levels: {error}") from None
+
+
+def _require(rules: dict[str, tuple[object, bool, str]]) -> None:
+    """`{key: (value, whether it is right, what it must be)}`: a `ConfigError` for the first wrong one."""
+    for key, (value, ok, requirement) in rules.items():
+        if not ok:
+            raise ConfigError(f"{key}={value} {requirement}")
+
+
+def _check_optimization(config: FinetuneConfig) -> None:
+    optim, flow, ema = config.optimizer, config.flow_matching, config.ema
+    _require(
+        {
+            "optimizer.learning_rate": (optim.learning_rate, optim.learning_rate > 0, "must be greater than 0"),
+            "optimizer.new_params_lr_multiplier": (
+                optim.new_params_lr_multiplier,
+                optim.new_params_lr_multiplier > 0,
+                "must be greater than 0",
+            ),
+            "optimizer.max_grad_norm": (optim.max_grad_norm, optim.max_grad_norm > 0, "must be greater than 0"),
+            "optimizer.adam_epsilon": (optim.adam_epsilon, optim.adam_epsilon > 0, "must be greater than 0"),
+            "optimizer.adam_beta1": (optim.adam_beta1, 0 <= optim.adam_beta1 < 1, "must lie in [0, 1)"),
+            "optimizer.adam_beta2": (optim.adam_beta2, 0 <= optim.adam_beta2 < 1, "must lie in [0, 1)"),
+            "optimizer.adam_weight_decay": (
+                optim.adam_weight_decay,
+                optim.adam_weight_decay >= 0,
+                "must be 0 or more",
+            ),
+            "optimizer.lr_warmup_steps": (optim.lr_warmup_steps, optim.lr_warmup_steps >= 0, "must be 0 or more"),
+            "flow_matching.shift": (flow.shift, flow.shift > 0, "must be greater than 0 (1 means no shift)"),
+            "flow_matching.logit_std": (flow.logit_std, flow.logit_std > 0, "must be greater than 0"),
+            "flow_matching.caption_dropout": (
+                flow.caption_dropout,
+                0 <= flow.caption_dropout <= 1,
+                "is a probability: set it in [0, 1] (0 keeps every prompt)",
+            ),
+            "ema.ema_decay": (ema.ema_decay, 0 <= ema.ema_decay < 1, "must lie in [0, 1)"),
+        }
+    )
+    if optim.lr_scheduler not in LR_SCHEDULERS:
+        raise ConfigError(
+            f"optimizer.lr_scheduler={optim.lr_scheduler!r} is not a diffusers scheduler: use one of "
+            f"{', '.join(LR_SCHEDULERS)}"
+        )
 
 
 def check_against_transformer(config: FinetuneConfig, transformer_config: dict) -> None:
-    """Checks that need the base transformer's config.json (read without loading any weights)."""
+    """Checks that need the base transformer's config.json (read without loading any weights).
+
+    Raises:
+        ConfigError: the LaCT settings or the clip do not fit the base transformer, with the values that do.
+    """
     dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     lact = config.model.lact
     if lact.fw_head_dim <= 0 or dim % lact.fw_head_dim:
-        raise ValueError(f"model.lact.fw_head_dim={lact.fw_head_dim} must divide the model dim {dim}")
+        divisors = [d for d in range(dim // 8, dim + 1) if dim % d == 0][:4]
+        raise ConfigError(
+            f"model.lact.fw_head_dim={lact.fw_head_dim} does not divide the base model's dim {dim} (heads x head dim): "
+            f"use a divisor such as {', '.join(map(str, divisors))}"
+        )
     layers = transformer_config["num_layers"]
     if lact.lact_blocks is not None and not all(0 <= i < layers for i in lact.lact_blocks):
-        raise ValueError(f"model.lact.lact_blocks={lact.lact_blocks} must be block indices in [0, {layers})")
+        raise ConfigError(
+            f"model.lact.lact_blocks={lact.lact_blocks} names blocks the base model lacks: it has {layers} blocks, "
+            f"indices 0 to {layers - 1} (null puts a memory in all of them)"
+        )
     p_t, p_h, p_w = transformer_config["patch_size"]
     data = config.data
     h, w = latent_size(data.height, data.width)
     post_patch = (data.latent_frames // p_t, h // p_h, w // p_w)
     if max(post_patch) > transformer_config["rope_max_seq_len"]:
-        raise ValueError(
-            f"the clip is {post_patch} (frames, height, width) after patching, beyond the transformer's "
-            f"rope_max_seq_len={transformer_config['rope_max_seq_len']}"
+        raise ConfigError(
+            f"the clip (data.num_frames={data.num_frames}, data.height={data.height}, data.width={data.width}) is "
+            f"{post_patch} (frames, height, width) after patching, beyond the base transformer's "
+            f"rope_max_seq_len={transformer_config['rope_max_seq_len']}: use fewer frames or a smaller size"
         )
+
+
+def with_training_length(config: FinetuneConfig, num_samples: int, num_processes: int) -> FinetuneConfig:
+    """`config` with train.max_train_steps set from train.num_train_epochs when it is null (as diffusers'
+    examples do): an epoch is ceil(ceil(num_samples / (train_batch_size * num_processes)) /
+    gradient_accumulation_steps) optimizer steps. A config with max_train_steps comes back unchanged."""
+    train = config.train
+    if train.max_train_steps is not None:
+        return config
+    micro_batches = math.ceil(num_samples / (train.train_batch_size * num_processes))
+    steps = math.ceil(micro_batches / train.gradient_accumulation_steps) * train.num_train_epochs
+    return dataclasses.replace(config, train=dataclasses.replace(train, max_train_steps=steps))
 
 
 def lact_config(config: FinetuneConfig) -> dict:

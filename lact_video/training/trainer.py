@@ -37,7 +37,16 @@ from ..evaluation import per_chunk_loss, write_report
 from ..geometry import latent_size
 from ..models import LaCTWanTransformer3DModel
 from . import checkpointing, provenance
-from .config import FinetuneConfig, check_against_transformer, lact_config, load_config, to_flat_dict, to_yaml
+from .config import (
+    FinetuneConfig,
+    check_against_transformer,
+    exit_on_config_error,
+    lact_config,
+    load_config,
+    to_flat_dict,
+    to_yaml,
+    with_training_length,
+)
 from .distributed import (
     partition_report,
     process_group_kwargs,
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     accelerator = make_accelerator(config)
     resume_from = check_run_folder(config, accelerator)  # before any model loads, and before any write
     datasets = make_datasets(config)
+    config = with_training_length(config, len(datasets.train), accelerator.num_processes)  # num_train_epochs
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
@@ -687,5 +697,7 @@ def export(config: FinetuneConfig, accelerator, prepared: Prepared) -> pathlib.P
 
 def cli() -> None:
     """The `lact-video-finetune` console script: `main` with its return value dropped (a console script's return
-    value is its exit status, so a returned folder would read as a failure)."""
-    main()
+    value is its exit status, so a returned folder would read as a failure). A `ConfigError` exits with
+    status 2 and one line on stderr, as argparse does."""
+    with exit_on_config_error():
+        main()

@@ -37,11 +37,11 @@ from omegaconf import OmegaConf
 
 from .. import __version__
 from ..data import LatentCacheDataset, VideoFolderDataset
-from ..evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, write_report
+from ..evaluation import DEFAULT_NOISE_LEVELS, check_noise_levels, per_chunk_loss, write_report
 from ..models import LaCTWanTransformer3DModel
 from ..models.formats import CHECKPOINT_FORMAT_KEY, convert_weights, saved_format
 from .checkpointing import MARKER, read_marker
-from .config import FinetuneConfig, lact_config, load_config, split_argv
+from .config import ConfigError, FinetuneConfig, exit_on_config_error, lact_config, load_config, parse_command_line
 
 logger = logging.getLogger("validate")
 RUN_CONFIG = "finetune_config.yaml"
@@ -49,7 +49,12 @@ ENCODER_FOLDERS = ("vae", "text_encoder", "tokenizer")  # what a checkpoint need
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # a prefix of a trainer flag (--out for --output_dir) is not taken as one of these
+        epilog="Any other argument is a trainer config flag or KEY=VALUE override: python finetune/finetune.py --help",
+    )
     parser.add_argument("--data_dir", required=True, help="video folder or latent cache")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="folders to evaluate")
     parser.add_argument("--output_dir", required=True)
@@ -66,9 +71,13 @@ def main(argv: list[str] | None = None) -> dict:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     # 1. Check arguments and the clip geometry before loading anything
     if args.names and len(args.names) != len(args.checkpoints):
-        raise ValueError(f"--names has {len(args.names)} labels for {len(args.checkpoints)} checkpoints")
-    if not all(0.0 < t < 1.0 for t in args.noise_levels):
-        raise ValueError(f"--noise_levels must lie in (0, 1); got {args.noise_levels}")
+        raise ConfigError(
+            f"--names has {len(args.names)} labels for {len(args.checkpoints)} checkpoints: give one per checkpoint"
+        )
+    try:
+        check_noise_levels(args.noise_levels)
+    except ValueError as error:
+        raise ConfigError(f"--noise_levels: {error}") from None
     checkpoints = [pathlib.Path(c) for c in args.checkpoints]
     kinds = [checkpoint_kind(path) for path in checkpoints]
     data_dir = pathlib.Path(args.data_dir)
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
 def base_override(checkpoints: list[pathlib.Path], overrides: list[str]) -> list[str]:
     """Where the VAE, text encoder and tokenizer come from, as an override when the config has none:
     the first checkpoint that holds them (or names them, for a training checkpoint)."""
-    config_path, normalized = split_argv(overrides)
+    config_path, normalized = parse_command_line(overrides)
     recipe = OmegaConf.load(config_path) if config_path else OmegaConf.create()
     if OmegaConf.select(recipe, "model.pretrained_model_name_or_path") is not None or any(
         o.startswith("model.pretrained_model_name_or_path=") for o in normalized
@@ -116,7 +125,7 @@ def base_override(checkpoints: list[pathlib.Path], overrides: list[str]) -> list
         if (path / MARKER).is_file() and (path.parent / RUN_CONFIG).is_file():
             return [f"model.pretrained_model_name_or_path={run_base(path)}"]
     looked = ", ".join(str(path / part) for path in checkpoints for part in ENCODER_FOLDERS)
-    raise ValueError(
+    raise ConfigError(
         f"None of the checkpoints holds a VAE and text encoder to encode the clips with (looked for {looked}, and "
         f"for a training run's {RUN_CONFIG}); pass model.pretrained_model_name_or_path=WAN_FOLDER."
     )
@@ -247,9 +256,11 @@ def load_training_checkpoint(path: pathlib.Path) -> LaCTWanTransformer3DModel:
 
 def cli() -> None:
     """The `lact-video-validate` console script: `main` with its return value dropped (a console script's return
-    value is its exit status, so a returned report dict would read as a failure)."""
-    main()
+    value is its exit status, so a returned report dict would read as a failure). A `ConfigError` exits with
+    status 2 and one line on stderr."""
+    with exit_on_config_error():
+        main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()
