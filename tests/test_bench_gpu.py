@@ -1,24 +1,23 @@
 """The GPU validation kit (benchmarks/bench_gpu.py) on the CPU: its FLOP count against torch's FLOP counter,
 a tiny run of every section, its JSON report, and the GPU machine's wheels (scripts/prepare_gpu_wheels.py)."""
 
-import importlib.util
 import json
 import math
 import pathlib
-import sys
 
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.gpukit import kit
+from benchmarks.gpukit.flops import train_step_flops, transformer_flops
+from benchmarks.gpukit.report import Report
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.tiny import TRANSFORMER_CONFIGS
+from scripts import prepare_gpu_wheels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from gpukit.flops import train_step_flops, transformer_flops  # noqa: E402
-from gpukit.report import Report  # noqa: E402
 
 FLOP_TOL = 0.01  # the count is exact on these configs; 1% leaves room for a rounding of the convention
 K, H, W, N, TEXT = 2, 4, 6, 3, 7
@@ -103,13 +102,6 @@ def test_real_size_flops_are_the_stated_figures():
     assert 0.1 < forward["attention"] / forward["total"] < 0.3
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_report(data: dict, expected_sections, skipped=()) -> None:
     assert data["environment"]["torch"] == torch.__version__ and data["environment"]["diffusers"]
     assert math.isfinite(data["environment"]["matmul_tflops_measured"])
@@ -131,7 +123,7 @@ def check_report(data: dict, expected_sections, skipped=()) -> None:
 
 def test_tiny_run_measures_every_section(tmp_path):
     """`--tiny` runs every section's code path (the ZeRO-3 launch is in the slow test below)."""
-    bench = load_bench()
+    bench = kit
     out = tmp_path / "tiny.json"
     data = bench.main(["--tiny", "--json", str(out), "--skip", "train_1.3b_zero3"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(data, default=str))
@@ -150,7 +142,7 @@ def test_tiny_run_measures_every_section(tmp_path):
 @pytest.mark.slow
 def test_zero3_launch_measures_a_step(tmp_path):
     """The training step under `accelerate launch --use_deepspeed` (ZeRO-3, one process, gloo on the CPU)."""
-    bench = load_bench()
+    bench = kit
     data = bench.main(["--tiny", "--json", str(tmp_path / "zero3.json"), "--only", "train_1.3b_zero3"])
     check_report(data, bench.SECTIONS, skipped=set(bench.SECTIONS) - {"train_1.3b_zero3"})
     section = data["sections"]["train_1.3b_zero3"]
@@ -181,13 +173,6 @@ def test_a_failing_section_is_recorded_and_the_next_one_runs(tmp_path):
     assert second["errors"]["flash"].startswith("RuntimeError: flash_attn is not installed")
 
 
-def load_wheels_script():
-    spec = importlib.util.spec_from_file_location("prepare_gpu_wheels", REPO / "scripts" / "prepare_gpu_wheels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "filename, ok",
     [
@@ -200,12 +185,12 @@ def load_wheels_script():
     ],
 )
 def test_wheel_tag_check(filename, ok):
-    assert (load_wheels_script().wheel_problem(filename) is None) == ok
+    assert (prepare_gpu_wheels.wheel_problem(filename) is None) == ok
 
 
 def test_wheel_pins_cover_what_the_gpu_machine_lacks():
     """Every package the kit imports is pinned in the wheel script or on the GPU machine (the cheap check)."""
-    wheels = load_wheels_script()
+    wheels = prepare_gpu_wheels
     pinned = {wheels.normalise(p.split("==")[0]) for p in [*wheels.DOWNLOAD, wheels.BUILD]}
     for needed in ("diffusers", "deepspeed", "omegaconf", "pydantic", "pydantic-core", "hjson"):
         assert needed in pinned
@@ -222,4 +207,4 @@ def test_wheel_pins_cover_what_the_gpu_machine_lacks():
 def test_prepared_wheels_are_installable_on_the_gpu_machine(tmp_path):
     """Downloads and builds the wheels (about 2 minutes, network), then the script's own checks: tags, one
     version each, requirements met, an offline install into an empty folder."""
-    assert load_wheels_script().main(["--dest", str(tmp_path / "whl")]) == 0
+    assert prepare_gpu_wheels.main(["--dest", str(tmp_path / "whl")]) == 0

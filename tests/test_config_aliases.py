@@ -13,13 +13,13 @@ from contextlib import contextmanager
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
-from memory_gates import open_memory
 from utils import minvid_convert_argv
 
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.convert import main as convert_main
 from lact_video.convert import to_minvid_state_dict
 from lact_video.models import LaCTConfig, lact_config
+from lact_video.testing import open_memory
 from lact_video.training.config import ConfigError, load_config, to_yaml
 from pipelines import LaCTVideoPipeline
 from pipelines.generate import parse_lact_options

@@ -3,7 +3,6 @@
 import pytest
 import torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-from memory_gates import open_memory
 
 import lact_video.layers.fast_weight_memory as memory_module
 from lact_video.layers import FastWeightMemory, LaCTAttention
@@ -12,6 +11,7 @@ from lact_video.ops.fast_weight import fast_weight_naive
 from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
+from lact_video.testing import open_memory
 
 
 def naive_teacher_forcing(

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
-from memory_gates import open_memory
 from utils import assert_bitwise_equal, assert_rel_close, rel_err
 
 from lact_video import LaCTState, LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.layers import FastWeightMemory
 from lact_video.layers.text_attention import text_cross_attention, text_keys_values
+from lact_video.testing import open_memory
 from lact_video.wan_configs import WAN21_T2V_CONFIGS
 
 C, K, H, W = 16, 2, 4, 4  # latent channels, frames per chunk, latent height/width: T = 2*2*2 = 8 tokens

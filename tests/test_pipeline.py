@@ -15,10 +15,10 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from memory_gates import open_memory
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers.fast_weight_memory import FastWeightMemory
+from lact_video.testing import open_memory
 from pipelines import LaCTVideoPipeline
 from pipelines import generate as generate_module
 

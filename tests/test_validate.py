@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
-from memory_gates import open_memory
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.data.demo_dataset import write_video_folder
 from lact_video.evaluation import DEFAULT_NOISE_LEVELS, per_chunk_loss, plot_per_chunk
+from lact_video.testing import open_memory
 from lact_video.training import trainer as finetune_trainer
 from lact_video.training import validate as validate_module
 from lact_video.training.flow_matching import sample_seed, teacher_forcing_loss

@@ -9,17 +9,13 @@ checkpoint in bf16 (`_keep_in_fp32_modules`) are put back in float32, as `from_p
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
-import pathlib
-import sys
 
 import torch
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers import FastWeightMemory
-
-TESTS = pathlib.Path(__file__).resolve().parents[2] / "tests"
+from lact_video.testing import open_memory
 
 
 @contextlib.contextmanager
@@ -67,14 +63,10 @@ def lact_from_wan(wan, **lact_config) -> LaCTWanTransformer3DModel:
 
 
 def open_memory_like_tests(model: torch.nn.Module, seed: int = 0) -> None:
-    """Make the fast-weight memory matter, as the parity tests do (tests/memory_gates.py, the one place that
+    """Make the fast-weight memory matter, as the parity tests do (lact_video/testing.py, the one place that
     knows the rate parametrisation): at initialisation its gate is zero and its rates tiny, so a comparison of
     teacher forcing with chunk-by-chunk inference would not exercise it. Noise on the weights that act on the
     hidden state is scaled by 1/sqrt(dim), so that real widths get rates and gates of the tests' size."""
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from memory_gates import open_memory
-
     dim = model.config.num_attention_heads * model.config.attention_head_dim
     width = 1.5 / math.sqrt(dim)  # 0.3 at the tiny test width (24)
     noise = {"lr_proj.weight": width, "gate_proj.weight": width, "qk_scale": 0.3, "qk_offset": 0.3}
@@ -83,12 +75,7 @@ def open_memory_like_tests(model: torch.nn.Module, seed: int = 0) -> None:
     device = next(model.parameters()).device
     for memory in memories:
         memory.to("cpu")
-    # A rate of softplus(-1) = 0.31 per token, as the parity tests use. Branch i12core renames open_memory's
-    # `lr_logit` (the pre-softplus value) to `rate` (the rate itself); once it is merged, keep only `rate`.
-    if "rate" in inspect.signature(open_memory).parameters:
-        rate = {"rate": math.log1p(math.exp(-1.0))}
-    else:
-        rate = {"lr_logit": -1.0}
-    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, **rate)
+    rate = math.log1p(math.exp(-1.0))  # softplus(-1) = 0.31 per token, as the parity tests use
+    open_memory(model, generator=torch.Generator().manual_seed(seed), noise=noise, rate=rate)
     for memory in memories:
         memory.to(device)

@@ -1,9 +1,13 @@
-"""Opening the LaCT memory for tests: the one place that knows how to make the fast weights matter."""
+"""Opening the LaCT memory for tests and benchmarks: the one place that knows how to make the fast weights matter.
+
+Not used by the model or the pipelines; it lives in the package so that `tests/` and `benchmarks/` (the GPU kit)
+import it the same way.
+"""
 
 import torch
 
-from lact_video.layers import FastWeightMemory
-from lact_video.layers.fast_weight_memory import inverse_softplus
+from .layers import FastWeightMemory
+from .layers.fast_weight_memory import inverse_softplus
 
 
 @torch.no_grad()

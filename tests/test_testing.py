@@ -3,10 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from memory_gates import open_memory
 
 from lact_video.layers import FastWeightMemory
 from lact_video.ops.fast_weight import UpdateRule
+from lact_video.testing import open_memory
 
 
 @pytest.mark.parametrize("base_lr", [1e-3, 0.05])
