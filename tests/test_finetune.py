@@ -189,12 +189,12 @@ def test_diffusers_flags_train_like_dotted_overrides(trainer, tiny_wan_dir, cach
     overrides: identical losses. One epoch of the 6 cached clips at batch 2 is 3 optimizer steps."""
     flags = run(
         trainer, tmp_path / "flags", tiny_wan_dir, f"data.cache_dir={cache}", "--seed", "7", "--gradient_checkpointing",
-        "--num_train_epochs", "1", "--train_batch_size", "2", "--export_at_end=false", "--use_ema", "--random_start",
+        "--num_train_epochs", "1", "--train_batch_size", "2", "--export_at_end=false", "--use_ema",
     )  # fmt: skip
     dotted = run(
         trainer, tmp_path / "dotted", tiny_wan_dir, f"data.cache_dir={cache}", "train.seed=7", "data.seed=7",
         "train.gradient_checkpointing=true", "train.max_train_steps=3", "train.train_batch_size=2",
-        "train.export_at_end=false", "ema.use_ema=true", "data.random_start=true",
+        "train.export_at_end=false", "ema.use_ema=true",
     )  # fmt: skip
     assert sorted(metrics(flags)) == [1, 2, 3]
     assert_losses_match(metrics(flags), metrics(dotted), [1, 2, 3], rtol=0)

@@ -106,18 +106,20 @@ class Prepared:
 
 def main(argv: list[str] | None = None) -> pathlib.Path | None:
     """Train, checkpoint and export; returns the exported pipeline folder (None when not exported)."""
-    config = load_config(argv)  # checks the clip geometry before any model loads
-    accelerator = make_accelerator(config)
-    resume_from = check_run_folder(config, accelerator)  # before any model loads, and before any write
-    datasets = make_datasets(config)
-    config = with_training_length(config, len(datasets.train), accelerator.num_processes)  # num_train_epochs
+    asked = load_config(argv)  # checks the clip geometry before any model loads
+    accelerator = make_accelerator(asked)
+    resume_from = check_run_folder(asked, accelerator)  # before any model loads, and before any write
+    datasets = make_datasets(asked)
+    config = with_training_length(asked, len(datasets.train), accelerator.num_processes)  # num_train_epochs
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
     prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
     step = resume(accelerator, prepared, resume_from)
     if not config.train.export_only:
-        start_run_folder(config, accelerator)  # the run folder's first write: a failed start leaves it as it was
+        # The run folder's first write (a failed start leaves it as it was); it saves the config as asked, so that
+        # a resume derives the length from num_train_epochs again.
+        start_run_folder(asked, accelerator)
         write_run_info(config, accelerator, prepared.transformer, datasets, step, resume_from)
         step = train(config, accelerator, prepared, models, datasets, step)
     export_dir = None
