@@ -8,6 +8,7 @@ On the command line, flags and dotted overrides mix in any order:
   --gradient_checkpointing  --use_ema=false   (a bare switch means true and does not take the next argument)
   --seed 7                                    (train.seed, which data.seed follows unless set itself)
   --num_train_epochs 2                        (trains by epochs; train.max_train_steps wins when both are set)
+  --trainable lora --rank 32 --lora_alpha 32 --lora_target_modules to_q,to_k,to_v,to_out.0   (model.lora.*)
 
 Every field has a flag: its dotted path, and its name alone where that names one field. Values are YAML, as
 in a recipe (model.lact.lact_blocks=[0,2], train.resume_from_checkpoint=null); a text field takes its text
@@ -31,6 +32,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 import sys
 import textwrap
 import types
@@ -50,7 +52,7 @@ from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
 from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
-from .trainable import Trainable
+from .trainable import LoraSettings, Trainable, target_modules_spec
 
 
 @dataclass
@@ -63,8 +65,10 @@ class ModelConfig:
     # lact, or a baseline of the same model for comparisons: swa (window attention only; memory off)
     # or full_causal (every segment sees all earlier clean chunks). Overrides the lact keys it names.
     variant: Variant = Variant.lact
-    # Which transformer weights train: all, lact_layers or new_params.
+    # Which transformer weights train: all, lact_layers, new_params, or lora (LoRA adapters on the pretrained
+    # linears, see model.lora, and the new LaCT parameters in full).
     trainable: Trainable = Trainable.all
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
@@ -160,6 +164,9 @@ class TrainConfig:
     export_at_end: bool = True
     # Skip training: restore resume_from_checkpoint and export it.
     export_only: bool = False
+    # A LoRA run (model.trainable=lora) exports one merged transformer instead of the base weights plus
+    # pytorch_lora_weights.safetensors. Flag: --fuse.
+    export_fuse_lora: bool = False
 
 
 @dataclass
@@ -185,7 +192,13 @@ TEXT_CHOICES = {
 
 # Flags that are not a field name of the tree, or name more than one field: diffusers' `--seed` seeds the whole
 # run (data.seed follows train.seed), as `set_seed(args.seed)` does in diffusers' training examples.
-FLAG_ALIASES = {"seed": "train.seed"}
+# `--lora_target_modules` is model.lora.target_modules, as LoRA training scripts spell it (finetrainers' `--target_modules`
+# is its field name).
+FLAG_ALIASES = {
+    "seed": "train.seed",
+    "lora_target_modules": "model.lora.target_modules",
+    "fuse": "train.export_fuse_lora",
+}
 # Flags of diffusers' training examples that have no field here, and what to use instead.
 DIFFUSERS_FLAGS_ELSEWHERE = {
     "validation_prompt": "this trainer validates by the per-chunk loss on held-out clips (data.validation_data_dir "
@@ -422,18 +435,29 @@ def _command_line_tree(overrides: list[str]):
     """`dotted.path=value` overrides as an OmegaConf tree. Values are YAML (`[0,2]`, `null`, `1e-4`), except that
     a text field (a str or an enum) takes its text as typed: YAML would read `--mixed_precision no` as false, and
     diffusers users type it so. `null` still clears such a field; a quoted value is unquoted."""
-    text_fields = {path for path, cls, name in _leaf_fields() if _is_text(typing.get_type_hints(cls)[name])}
+    hints = {path: typing.get_type_hints(cls)[name] for path, cls, name in _leaf_fields()}
+    text_fields = {path for path, hint in hints.items() if _is_text(hint)}
+    text_lists = {path for path, hint in hints.items() if hint == list[str]}
     verbatim, parsed = {}, []
     for item in overrides:
         path, _, value = item.partition("=")
         if path in text_fields and value not in ("null", "~") and value[:1] not in ("'", '"'):
             verbatim[path] = value
+        elif path in text_lists and value[:1] not in ("[", "'", '"') and value not in ("null", "~"):
+            verbatim[path] = _text_list(value)
         else:
             parsed.append(item)
     tree = OmegaConf.from_dotlist(parsed)
     for path, value in verbatim.items():
         OmegaConf.update(tree, path, value, force_add=True)
     return tree
+
+
+def _text_list(value: str) -> list[str]:
+    """A list-of-text field typed without brackets: comma-separated names (`to_q,to_k`, as diffusers' LoRA scripts
+    take `--lora_layers`), or one entry when a piece is not a plain name (a regular expression may hold commas)."""
+    pieces = value.split(",")
+    return pieces if all(re.fullmatch(r"[\w.]+", piece) for piece in pieces) else [value]
 
 
 def _is_text(annotation) -> bool:
@@ -516,6 +540,13 @@ def check_config(config: FinetuneConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
     _check_trainable(config.model, config.data)
+    if config.model.trainable == Trainable.lora:
+        _check_lora(config.model.lora)
+    elif config.train.export_fuse_lora:
+        raise ConfigError(
+            f"train.export_fuse_lora=true fuses LoRA adapters, and model.trainable={config.model.trainable.value} "
+            "trains none: drop --fuse, or set model.trainable=lora"
+        )
     _check_training_length(config.train)
     _check_train(config)
     _check_optimization(config)
@@ -536,6 +567,20 @@ def _check_trainable(model: ModelConfig, data: DataConfig) -> None:
             f"set model.trainable=lact_layers (the attention layers) or all to finetune this baseline, or "
             f"model.variant=lact with memory blocks to train the memory"
         )
+
+
+def _check_lora(lora: LoraSettings) -> None:
+    _require(
+        {
+            "model.lora.rank": (lora.rank, lora.rank >= 1, "must be 1 or more (--rank R)"),
+            "model.lora.lora_alpha": (lora.lora_alpha, lora.lora_alpha > 0, "must be greater than 0 (--lora_alpha A)"),
+            "model.lora.lora_dropout": (lora.lora_dropout, 0 <= lora.lora_dropout < 1, "must lie in [0, 1)"),
+        }
+    )
+    try:
+        target_modules_spec(lora.target_modules)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_training_length(train: TrainConfig) -> None:

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import pathlib
 import time
 from dataclasses import dataclass
@@ -67,7 +68,7 @@ from .flow_matching import (
     tokens_per_chunk,
 )
 from .sampling import KeyedDataset, ResumableSampler
-from .trainable import new_parameters, parameter_groups, set_trainable
+from .trainable import lora_parameters, new_parameters, optimizer_state_bytes, parameter_groups, set_trainable
 
 # The checkout this package runs from: accelerate configs name their DeepSpeed JSON relative to it.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     datasets = make_datasets(asked)
     config = with_training_length(asked, len(datasets.train), accelerator.num_processes)  # num_train_epochs
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
-    set_trainable(models.transformer, config.model.trainable)
+    set_trainable(models.transformer, config.model.trainable, config.model.lora)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
     prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
     step = resume(accelerator, prepared, resume_from)
@@ -402,6 +403,23 @@ def apply_optimizer_settings(optimizer, schedule, settings: list[dict]) -> None:
         group["lr"] = base * factor(schedule.last_epoch)
 
 
+def trainable_report(config, accelerator, model) -> dict:
+    """The weights `model.trainable` trains and the AdamW state they cost (`trainable.optimizer_state_bytes`: an
+    estimate from the counts, per process divided among the ranks when ZeRO partitions the optimizer)."""
+    trainable = full_numel(p for p in model.parameters() if p.requires_grad)
+    state = optimizer_state_bytes(trainable, input_dtype(accelerator))
+    plugin = accelerator.state.deepspeed_plugin
+    shards = accelerator.num_processes if plugin is not None and plugin.zero_stage >= 1 else 1
+    return {
+        "total": full_numel(model.parameters()),
+        "trainable": trainable,
+        "new": full_numel(new_parameters(model)),
+        "lora": full_numel(lora_parameters(model)),
+        "optimizer_state_bytes": state,
+        "optimizer_state_bytes_per_process": math.ceil(state / shards),
+    }
+
+
 def write_run_info(config, accelerator, transformer, datasets: Datasets, global_step, resumed_from) -> None:
     """train_info.json: how ZeRO-3 split the weights on every rank, the parameters, the data."""
     from accelerate.utils import gather_object
@@ -417,11 +435,8 @@ def write_run_info(config, accelerator, transformer, datasets: Datasets, global_
         "zero_stage": plugin.zero_stage if plugin is not None else None,
         "mixed_precision": accelerator.mixed_precision,
         "partition": partition,
-        "parameters": {
-            "total": full_numel(model.parameters()),
-            "trainable": full_numel(p for p in model.parameters() if p.requires_grad),
-            "new": full_numel(new_parameters(model)),
-        },
+        "trainable": config.model.trainable.value,
+        "parameters": trainable_report(config, accelerator, model),
         "tokens_per_chunk": chunk_tokens(config, model),
         "timestep_shift": timestep_shift(config, model),
         "train_samples": len(datasets.train),
@@ -431,6 +446,13 @@ def write_run_info(config, accelerator, transformer, datasets: Datasets, global_
     }
     path = pathlib.Path(config.train.output_dir) / "train_info.json"
     path.write_text(json.dumps(info, indent=1, default=str))
+    counts = info["parameters"]
+    logger.info(
+        "model.trainable=%s trains %d of %d weights (%.2f%%: %d new LaCT, %d LoRA); AdamW state %.3g GiB, %.3g GiB per "
+        "process", info["trainable"], counts["trainable"], counts["total"], 100 * counts["trainable"] / counts["total"],
+        counts["new"], counts["lora"], counts["optimizer_state_bytes"] / 2**30,
+        counts["optimizer_state_bytes_per_process"] / 2**30,
+    )  # fmt: skip
 
 
 # 6. Training
@@ -692,6 +714,7 @@ def export(config: FinetuneConfig, accelerator, prepared: Prepared) -> pathlib.P
         ema=use_ema,
         revision=config.model.revision,
         extra_files={"finetune_config.yaml": to_yaml(config)},
+        fuse_lora=config.train.export_fuse_lora,
     )
     logger.info("Exported the %s weights as a diffusers pipeline to %s", "EMA" if use_ema else "raw", path)
     return path
