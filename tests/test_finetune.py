@@ -146,9 +146,10 @@ def test_cached_latents_train_like_on_the_fly(trainer, tiny_wan_dir, videos, cac
     assert_losses_match(metrics(on_the_fly), metrics(cached), [1, 2, 3])
 
 
-def test_resume_continues_exactly(trainer, tiny_wan_dir, cache, tmp_path):
-    """Stop after checkpoint 3, resume `latest`: the same later losses and final weights."""
-    common = [f"data.cache_dir={cache}", "train.checkpointing_steps=3", "ema.ema_decay=0.5"]
+def straight_and_resumed(trainer, tiny_wan_dir, tmp_path, *overrides) -> tuple[pathlib.Path, pathlib.Path]:
+    """A 6-step run, and one stopped after checkpoint 3 and resumed from `latest`; checks the resumed one ends as
+    the straight one did (losses, exported EMA weights, raw weights). Returns both output folders."""
+    common = ["train.checkpointing_steps=3", "ema.ema_decay=0.5", *overrides]
     straight = run(trainer, tmp_path / "straight", tiny_wan_dir, "train.max_train_steps=6", *common)
     resumed = tmp_path / "resumed"
     run(trainer, resumed, tiny_wan_dir, "train.max_train_steps=3", "train.export_at_end=false", *common)
@@ -159,6 +160,12 @@ def test_resume_continues_exactly(trainer, tiny_wan_dir, cache, tmp_path):
     raw_straight = load_file(straight / "checkpoint-6" / "model.safetensors")
     raw_resumed = load_file(resumed / "checkpoint-6" / "model.safetensors")
     assert_weights_match(raw_straight, raw_resumed, atol=1e-7)
+    return straight, resumed
+
+
+def test_resume_continues_exactly(trainer, tiny_wan_dir, cache, tmp_path):
+    """Stop after checkpoint 3, resume `latest`: the same later losses and final weights."""
+    straight_and_resumed(trainer, tiny_wan_dir, tmp_path, f"data.cache_dir={cache}")
 
 
 def test_accumulation_and_checkpointing_equal_a_larger_batch(trainer, tiny_wan_dir, cache, tmp_path):
@@ -431,11 +438,18 @@ def test_zero3_matches_one_process_and_learns(trainer, zero3_run, tiny_wan_dir, 
 @pytest.mark.slow
 def test_sigkill_then_resume_latest_matches(zero3_run, tiny_wan_dir, videos, tmp_path):
     """SIGKILL the launch after its first checkpoint, resume `latest` from finetune/: same losses, same weights."""
-    out = tmp_path / "run"
-    args = base_args(tiny_wan_dir, videos, out)
+    out = kill_then_resume(tmp_path, base_args(tiny_wan_dir, videos, tmp_path / "run"), ZERO3_ARGS)
+    assert_losses_match(metrics(zero3_run), metrics(out), range(1, STEPS + 1), rtol=1e-6)
+    assert_weights_match(weights(zero3_run), weights(out), atol=1e-7)
+
+
+def kill_then_resume(tmp_path, args: list[str], run_args: list[str]) -> pathlib.Path:
+    """Launch `args + run_args` (train.output_dir in `args`), SIGKILL it after its first checkpoint (step 4), then
+    relaunch with `train.resume_from_checkpoint=latest` from finetune/ to the end; returns the output folder."""
+    out = pathlib.Path(next(a for a in args if a.startswith("train.output_dir=")).partition("=")[2])
     with open(tmp_path / "killed.txt", "w") as log:
         process = subprocess.Popen(
-            launch_command(REPO, *args, *ZERO3_ARGS), cwd=REPO, env=launch_env(), stdout=log, stderr=subprocess.STDOUT,
+            launch_command(REPO, *args, *run_args), cwd=REPO, env=launch_env(), stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.time() + 180
         while not (out / "checkpoint-4").exists() and process.poll() is None and time.time() < deadline:
@@ -447,9 +461,7 @@ def test_sigkill_then_resume_latest_matches(zero3_run, tiny_wan_dir, videos, tmp
     assert 4 <= killed_at < STEPS, (tmp_path / "killed.txt").read_text()[-3000:]
     assert not (out / "model_index.json").exists()
 
-    rc = launch(REPO / "finetune", tmp_path / "resumed.txt", *args, *ZERO3_ARGS, "train.resume_from_checkpoint=latest")
+    rc = launch(REPO / "finetune", tmp_path / "resumed.txt", *args, *run_args, "train.resume_from_checkpoint=latest")
     assert_finished(out, rc, tmp_path / "resumed.txt", STEPS)
-    info = json.loads((out / "train_info.json").read_text())
-    assert info["start_step"] == killed_at
-    assert_losses_match(metrics(zero3_run), metrics(out), range(1, STEPS + 1), rtol=1e-6)
-    assert_weights_match(weights(zero3_run), weights(out), atol=1e-7)
+    assert json.loads((out / "train_info.json").read_text())["start_step"] == killed_at
+    return out
