@@ -21,8 +21,10 @@ from pipelines import LaCTVideoPipeline
 
 C, K, H, W = 16, 2, 4, 4  # latent channels, frames per chunk, latent height/width
 RANK, ALPHA = 4, 8  # alpha != rank, so that a lost alpha (scale 2) shows
-# Every linear of a Wan2.1 T2V block, and the output projection.
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out"]
+# Every linear of Wan2.1 T2V: the blocks', the output projection, and the time and text embedders' (which the LaCT
+# model calls piecewise, to embed a time per segment and to project the prompt once).
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out", "linear_1", "linear_2"]
+TARGETS += ["time_proj"]
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
@@ -115,7 +117,8 @@ def test_model_speaks_diffusers_lora_api(tiny_wan_dir):
     wan = tiny_wan(tiny_wan_dir)
     wan.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=TARGETS))
     assert sorted(adapted_layers(model)) == sorted(adapted_layers(wan))
-    assert len(adapted_layers(model)) == 2 * 6 + 1 + 2 * 4  # per block attn1, attn2 (4 each), ffn (2); proj_out
+    # per block attn1, attn2 (4 each), ffn (2); proj_out; time and text embedders (2 each), time_proj
+    assert len(adapted_layers(model)) == 2 * 10 + 1 + 5
 
 
 def test_wan_lora_changes_each_base_linear_as_it_changes_wan(tiny_wan_dir, wan_lora):
@@ -140,37 +143,51 @@ def test_whole_model_with_wan_lora_equals_wan_with_lora(tiny_wan_dir, wan_lora):
     assert rel_err(without, expected) > 1e-2
 
 
-def to_original_wan_names(layers: dict[str, torch.Tensor], alpha: float | None) -> dict[str, torch.Tensor]:
-    """diffusers' Wan LoRA keys as DiffSynth-Studio / musubi-tuner write original-Wan ones:
-    `diffusion_model.blocks.0.self_attn.q.lora_A.weight`; with `alpha`, kohya's `lora_down` / `lora_up` and
-    an `alpha` per layer."""
-    renames = {".attn1.": ".self_attn.", ".attn2.": ".cross_attn.", ".to_out.0.": ".o.", ".ffn.net.0.proj.": ".ffn.0."}
-    renames |= {".ffn.net.2.": ".ffn.2.", "proj_out.": "head.head.", ".to_q.": ".q.", ".to_k.": ".k.", ".to_v.": ".v."}
+# The key layouts of other Wan LoRA tools: DiffSynth-Studio (original Wan names, peft's lora_A/lora_B, no alpha),
+# kohya-style original Wan names (lora_down/lora_up and an alpha per layer), musubi-tuner (the same, flattened
+# into `lora_unet_blocks_0_self_attn_q`).
+KEY_STYLES = {
+    "diffsynth": ("diffusion_model.", False),
+    "kohya": ("diffusion_model.", True),
+    "musubi": ("lora_unet_", True),
+}
+
+
+def to_original_wan_names(layers: dict[str, torch.Tensor], style: str) -> dict[str, torch.Tensor]:
+    """diffusers' Wan LoRA keys (`blocks.0.attn1.to_q.lora_A.weight`) in one of the `KEY_STYLES`, e.g.
+    `diffusion_model.blocks.0.self_attn.q.lora_A.weight`; with alphas, each `alpha` is the LoRA's `ALPHA`."""
+    prefix, with_alpha = KEY_STYLES[style]
+    renames = {"attn1.": "self_attn.", "attn2.": "cross_attn.", "to_out.0.": "o.", "ffn.net.0.proj.": "ffn.0."}
+    renames |= {"ffn.net.2.": "ffn.2.", "proj_out.": "head.head.", "to_q.": "q.", "to_k.": "k.", "to_v.": "v."}
+    renames |= {"condition_embedder.time_proj.": "time_projection.1.", "condition_embedder.": ""}
+    renames |= {"_embedder.linear_1.": "_embedding.0.", "_embedder.linear_2.": "_embedding.2."}
     converted = {}
     for key, value in layers.items():
-        key = "diffusion_model." + key
         for ours, theirs in renames.items():
             key = key.replace(ours, theirs)
-        if alpha is not None:
-            converted[key.split(".lora_")[0] + ".alpha"] = torch.tensor(alpha)
-            key = key.replace("lora_A", "lora_down").replace("lora_B", "lora_up")
-        converted[key] = value
+        layer, _, parameter = key.partition(".lora_")
+        if style == "musubi":
+            layer = layer.replace(".", "_")
+        if with_alpha:
+            converted[f"{prefix}{layer}.alpha"] = torch.tensor(float(ALPHA))
+            parameter = parameter.replace("A.", "down.").replace("B.", "up.")
+        converted[f"{prefix}{layer}.lora_{parameter}"] = value
     return converted
 
 
-@pytest.mark.parametrize("alpha", [None, ALPHA], ids=["diffsynth-lora_A-no-alpha", "kohya-lora_down-alpha"])
-def test_original_wan_key_names_load(tiny_wan_dir, wan_lora, tmp_path, alpha):
+@pytest.mark.parametrize("style", KEY_STYLES)
+def test_original_wan_key_names_load(tiny_wan_dir, wan_lora, tmp_path, style):
     """Without an alpha a LoRA is applied at scale 1, so the reference's scale alpha/rank goes into B there.
-    (With alphas, the blocks only: diffusers' converter reads no alpha for `head.head`.)"""
+    (With alphas, the blocks only: diffusers' converters read no alpha outside the blocks.)"""
     _, wan = wan_lora
     layers = get_peft_model_state_dict(wan)
     expected = lora_deltas(wan)
-    if alpha is None:
-        layers = {k: v * ALPHA / RANK if "lora_B" in k else v for k, v in layers.items()}
-    else:
+    if KEY_STYLES[style][1]:
         layers = {k: v for k, v in layers.items() if k.startswith("blocks.")}
         expected = {k: v for k, v in expected.items() if k.startswith("blocks.")}
-    save_file(to_original_wan_names(layers, alpha), tmp_path / LORA_FILE)
+    else:
+        layers = {k: v * ALPHA / RANK if "lora_B" in k else v for k, v in layers.items()}
+    save_file(to_original_wan_names(layers, style), tmp_path / LORA_FILE)
     pipe = lact_pipeline(tiny_wan_dir)
     pipe.load_lora_weights(tmp_path, adapter_name="original")
     assert_same_deltas(lora_deltas(pipe.transformer), expected)
