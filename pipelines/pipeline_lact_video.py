@@ -46,6 +46,7 @@ from lact_video.models import LaCTWanTransformer3DModel
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
 
+from .lora import LaCTLoraLoaderMixin
 from .streaming import (
     VideoStreamWriter,
     VideoWriteError,
@@ -214,12 +215,13 @@ def _check_known_kwargs(kwargs: Mapping[str, Any], known: tuple[str, ...], where
         )
 
 
-class LaCTVideoPipeline(DiffusionPipeline):
+class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
     r"""
     Autoregressive text-to-video generation with a LaCT-patched Wan2.1 transformer, chunk by chunk.
 
     Same components as `WanPipeline`, with the transformer replaced by `LaCTWanTransformer3DModel`. Load a
-    saved LaCT pipeline with `from_pretrained`, or patch a plain Wan2.1 base with `from_wan`.
+    saved LaCT pipeline with `from_pretrained`, or patch a plain Wan2.1 base with `from_wan`. Wan2.1 LoRAs load
+    with `load_lora_weights`, as in `WanPipeline` (`pipelines.lora.LaCTLoraLoaderMixin`).
 
     Args:
         tokenizer ([`T5Tokenizer`]): the UMT5 tokenizer.

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from accelerate import init_empty_weights
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention_dispatch import (
     AttentionBackendName,
     _check_attention_backend_requirements,
@@ -123,7 +124,7 @@ class LaCTWanTransformerBlock(WanTransformerBlock):
         return hidden_states, state
 
 
-class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
+class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     r"""Wan2.1 T2V transformer with LaCT layers. Build it from pretrained Wan with `from_wan`.
 
     Args (Wan's own): see `diffusers.WanTransformer3DModel`; the names and meanings are identical,
@@ -136,6 +137,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin):
         FutureWarning.
         Folders saved before the fast-weight rate took its current form (no `_lact_format_version` in
         config.json) convert on `from_pretrained` (`lact_video.models.formats`, docs/design.md Sec. 6.3).
+
+    LoRA: diffusers' `PeftAdapterMixin` (`load_lora_adapter`, `set_adapters`, `fuse_lora`, `disable_lora`, ...).
+    The Wan modules keep Wan's names, so a Wan2.1 T2V LoRA lands on the same linears (docs/design.md Sec. 1.2).
     """
 
     _supports_gradient_checkpointing = True
