@@ -295,7 +295,7 @@ OUT_OF_RANGE = {
     "optimizer.adam_weight_decay": "-0.01", "optimizer.lr_warmup_steps": "-1", "optimizer.lr_scheduler": "cosin",
     "flow_matching.shift": "0", "flow_matching.logit_std": "0", "flow_matching.caption_dropout": "1.5",
     "ema.ema_decay": "1.0", "data.num_frames": "14", "data.height": "30", "data.fps": "0",
-    "data.dataloader_num_workers": "-1", "model.variant": "fp16", "model.trainable": "lora",
+    "data.dataloader_num_workers": "-1", "model.variant": "fp16", "model.trainable": "qlora",
 }  # fmt: skip
 
 

@@ -142,26 +142,21 @@ def generate(pipe) -> torch.Tensor:
     ).frames  # fmt: skip
 
 
-def with_lora_file(folder):
-    """The exported pipeline with its LoRA file applied through peft, as diffusers' loaders do (the config is the
-    file's metadata)."""
-    from diffusers import WanPipeline
-    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
-
+def with_lora_file(folder, fuse: bool = False):
+    """The exported pipeline with its LoRA file loaded by `load_lora_weights` (and fused by `fuse_lora`)."""
     from pipelines import LaCTVideoPipeline
 
     pipe = LaCTVideoPipeline.from_pretrained(folder)
-    state_dict, metadata = WanPipeline.lora_state_dict(folder, return_lora_metadata=True)
-    layers = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
-    config = LoraConfig(**{k.removeprefix("transformer."): v for k, v in metadata.items()})
-    inject_adapter_in_model(config, pipe.transformer)
-    assert not set_peft_model_state_dict(pipe.transformer, layers).unexpected_keys
+    pipe.load_lora_weights(folder)
+    if fuse:
+        pipe.fuse_lora()
     return pipe
 
 
 def check_export(tiny_wan_dir, export_dir, fused_dir, model):
     """The export of a LoRA run: base weights + trained LaCT parameters + diffusers' LoRA file; the fused folder
-    holds W + alpha / r B A; both generate the video of the run's final model."""
+    holds W + alpha / r B A. The run's final model, the folder with its LoRA file loaded (`load_lora_weights`, also
+    then `fuse_lora`) and the fused folder generate the same video."""
     from diffusers import WanTransformer3DModel
     from peft import get_peft_model_state_dict
 
@@ -195,6 +190,7 @@ def check_export(tiny_wan_dir, export_dir, fused_dir, model):
 
     reference = generate(LaCTVideoPipeline.from_pretrained(export_dir, transformer=model))
     torch.testing.assert_close(generate(with_lora_file(export_dir)), reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(generate(with_lora_file(export_dir, fuse=True)), reference, rtol=0, atol=1e-5)
     torch.testing.assert_close(generate(LaCTVideoPipeline.from_pretrained(fused_dir)), reference, rtol=0, atol=1e-5)
     assert (generate(LaCTVideoPipeline.from_pretrained(export_dir)) - reference).abs().max() > 1e-3  # LoRA matters
 

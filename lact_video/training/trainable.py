@@ -13,6 +13,7 @@ Every new parameter lives in a `FastWeightMemory`; those form their own group wi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from enum import Enum
@@ -89,19 +90,24 @@ def target_modules_spec(target_modules: list[str]) -> list[str] | str:
 
 
 def lora_config(settings: LoraSettings, model: torch.nn.Module):
-    """peft's `LoraConfig` for `settings` on `model`; the fast-weight memories are excluded (they train in full)."""
+    """peft's `LoraConfig` for `settings` on `model`; the fast-weight memories' modules that the targets match are
+    excluded (they train in full)."""
     from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
 
-    memories = [name for name, module in model.named_modules() if isinstance(module, FastWeightMemory)]
-    inside = [name for name, _ in model.named_modules() if any(name.startswith(m + ".") for m in memories)]
-    return LoraConfig(
+    config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
         target_modules=target_modules_spec(settings.target_modules),
-        exclude_modules=memories + inside or None,
         init_lora_weights=True if settings.init_lora_weights == LoraInit.default else "gaussian",
     )
+    memories = [name for name, module in model.named_modules() if isinstance(module, FastWeightMemory)]
+    inside = [
+        name for name, _ in model.named_modules() if any(name == m or name.startswith(m + ".") for m in memories)
+    ]
+    matched = [name for name in inside if check_target_module_exists(config, name)]
+    return dataclasses.replace(config, exclude_modules=matched) if matched else config
 
 
 def add_lora(model: torch.nn.Module, settings: LoraSettings) -> None:
