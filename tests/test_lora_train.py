@@ -10,23 +10,10 @@ import os
 import pathlib
 
 import pytest
+import test_finetune as finetune
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from test_finetune import (
-    STEPS,
-    ZERO3_ARGS,
-    assert_finished,
-    assert_losses_match,
-    assert_weights_match,
-    base_args,
-    kill_then_resume,
-    launch,
-    metrics,
-    run,
-    straight_and_resumed,
-    weights,
-)
 from test_finetune import cache as cache  # noqa: F401  (pytest fixtures, shared)
 from test_finetune import trainer as trainer  # noqa: F401
 from test_finetune import videos as videos  # noqa: F401
@@ -48,7 +35,7 @@ def tiny_lact(base) -> LaCTWanTransformer3DModel:
 
 def lora_run(trainer, output_dir, base, *overrides):
     """A single-process run of the tiny LoRA recipe (configs/tiny-lora.yaml)."""
-    return run(trainer, output_dir, base, "--config", TINY_LORA, *overrides)
+    return finetune.run(trainer, output_dir, base, "--config", TINY_LORA, *overrides)
 
 
 # What trains
@@ -164,7 +151,7 @@ def check_export(tiny_wan_dir, export_dir, fused_dir, model):
 
     trained = model.state_dict()
     wan = WanTransformer3DModel.from_pretrained(tiny_wan_dir, subfolder="transformer").state_dict()
-    exported, fused = weights(export_dir), weights(fused_dir)
+    exported, fused = finetune.weights(export_dir), finetune.weights(fused_dir)
     assert exported.keys() == fused.keys() == {k.replace(".base_layer", "") for k in trained if ".lora_" not in k}
     for key, value in exported.items():
         if key in wan:  # every pretrained weight as it was; the LaCT parameters as trained
@@ -212,7 +199,7 @@ def test_lora_run_lowers_the_validation_loss_and_exports(trainer, tiny_wan_dir, 
     assert info["trainable"] == "lora" and counts["trainable"] == counts["new"] + counts["lora"]
     assert counts["optimizer_state_bytes"] == counts["optimizer_state_bytes_per_process"] == 8 * counts["trainable"]
     assert counts["lora"] == 2 * 2 * len(ATTENTION_LINEARS) * RANK * 48
-    records = metrics(out)
+    records = finetune.metrics(out)
     assert set(records[30]["lr"]) == {"lora", "new"}
     assert records[30]["lr"]["new"] == pytest.approx(3 * records[30]["lr"]["lora"])
 
@@ -227,9 +214,9 @@ def test_lora_run_lowers_the_validation_loss_and_exports(trainer, tiny_wan_dir, 
 
 def test_lora_resume_continues_exactly(trainer, tiny_wan_dir, cache, tmp_path):
     """Stop after checkpoint 3, resume `latest`: the same losses, weights, EMA export and LoRA file as a straight run."""
-    straight, resumed = straight_and_resumed(trainer, tiny_wan_dir, tmp_path, "--config", TINY_LORA,
+    straight, resumed = finetune.straight_and_resumed(trainer, tiny_wan_dir, tmp_path, "--config", TINY_LORA,
                                              f"data.cache_dir={cache}")  # fmt: skip
-    assert_weights_match(lora_file(straight), lora_file(resumed), atol=1e-7)  # the EMA of the LoRA matrices
+    finetune.assert_weights_match(lora_file(straight), lora_file(resumed), atol=1e-7)  # the EMA of the LoRA matrices
 
 
 def test_lora_gradient_checkpointing_trains_the_same(trainer, tiny_wan_dir, cache, tmp_path):
@@ -238,15 +225,15 @@ def test_lora_gradient_checkpointing_trains_the_same(trainer, tiny_wan_dir, cach
     common = [f"data.cache_dir={cache}", "train.max_train_steps=3", "ema.use_ema=false"]
     plain = lora_run(trainer, tmp_path / "plain", tiny_wan_dir, *common)
     recomputed = lora_run(trainer, tmp_path / "recomputed", tiny_wan_dir, "--gradient_checkpointing", *common)
-    assert_losses_match(metrics(plain), metrics(recomputed), [1, 2, 3], rtol=1e-6)
-    assert_weights_match(lora_file(plain), lora_file(recomputed), atol=1e-6)
+    finetune.assert_losses_match(finetune.metrics(plain), finetune.metrics(recomputed), [1, 2, 3], rtol=1e-6)
+    finetune.assert_weights_match(lora_file(plain), lora_file(recomputed), atol=1e-6)
     assert lora_file(plain)["transformer.blocks.1.attn1.to_q.lora_B.weight"].abs().max() > 1e-3  # B has moved
 
 
 # Slow: 2 processes under DeepSpeed ZeRO-3
 
 
-ZERO3_LORA = ["--config", os.path.relpath(TINY_LORA, REPO), *ZERO3_ARGS, "ema.export_ema=false"]
+ZERO3_LORA = ["--config", os.path.relpath(TINY_LORA, REPO), *finetune.ZERO3_ARGS, "ema.export_ema=false"]
 
 
 @pytest.fixture(scope="module")
@@ -254,9 +241,11 @@ def zero3_lora_run(tiny_wan_dir, videos, tmp_path_factory):  # noqa: F811
     """An uninterrupted 2-process ZeRO-3 LoRA run with validation, clips decoded on the fly."""
     out = tmp_path_factory.mktemp("zero3-lora") / "run"
     log = out.parent / "log.txt"
-    args = base_args(tiny_wan_dir, videos, out)
-    rc = launch(REPO, log, *args, *ZERO3_LORA, f"data.validation_data_dir={videos}", f"train.validation_steps={STEPS}")
-    assert_finished(out, rc, log, STEPS)
+    args = finetune.base_args(tiny_wan_dir, videos, out)
+    rc = finetune.launch(
+        REPO, log, *args, *ZERO3_LORA, f"data.validation_data_dir={videos}", f"train.validation_steps={finetune.STEPS}"
+    )
+    finetune.assert_finished(out, rc, log, finetune.STEPS)
     return out
 
 
@@ -269,25 +258,29 @@ def test_zero3_lora_learns_and_exports(zero3_lora_run, tiny_wan_dir, videos, tmp
     assert counts["optimizer_state_bytes_per_process"] == counts["optimizer_state_bytes"] // 2
     lines = map(json.loads, (zero3_lora_run / "metrics.jsonl").read_text().splitlines())
     val = {r["step"]: r["val/loss"] for r in lines if "val/loss" in r}
-    assert val[STEPS] < val[0]
+    assert val[finetune.STEPS] < val[0]
 
     fused = tmp_path / "fused"  # the ZeRO-3 checkpoint exported again, fused, by the same launch
     log = tmp_path / "fused.txt"
-    args = base_args(tiny_wan_dir, videos, zero3_lora_run)
-    rc = launch(REPO, log, *args, *ZERO3_LORA, "train.resume_from_checkpoint=latest", "train.export_only=true",
+    args = finetune.base_args(tiny_wan_dir, videos, zero3_lora_run)
+    rc = finetune.launch(REPO, log, *args, *ZERO3_LORA, "train.resume_from_checkpoint=latest", "train.export_only=true",
                 f"train.export_dir={fused}", "--fuse")  # fmt: skip
     assert (fused / "model_index.json").is_file(), f"exit code {rc}: {log.read_text()[-4000:]}"
     # The run's final model: its raw weights gathered from the checkpoint's ZeRO-3 shards by DeepSpeed's own tool
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    state_dict = get_fp32_state_dict_from_zero_checkpoint(zero3_lora_run / f"checkpoint-{STEPS}", tag="pytorch_model")
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(
+        zero3_lora_run / f"checkpoint-{finetune.STEPS}", tag="pytorch_model"
+    )
     check_export(tiny_wan_dir, zero3_lora_run, fused, final_model(tiny_wan_dir, state_dict))
 
 
 @pytest.mark.slow
 def test_zero3_lora_sigkill_then_resume_latest_matches(zero3_lora_run, tiny_wan_dir, videos, tmp_path):  # noqa: F811
     """SIGKILL the LoRA launch after its first checkpoint, resume `latest`: same losses, weights and LoRA file."""
-    out = kill_then_resume(tmp_path, base_args(tiny_wan_dir, videos, tmp_path / "run"), ZERO3_LORA)
-    assert_losses_match(metrics(zero3_lora_run), metrics(out), range(1, STEPS + 1), rtol=1e-6)
-    assert_weights_match(weights(zero3_lora_run), weights(out), atol=1e-7)
-    assert_weights_match(lora_file(zero3_lora_run), lora_file(out), atol=1e-7)
+    out = finetune.kill_then_resume(tmp_path, finetune.base_args(tiny_wan_dir, videos, tmp_path / "run"), ZERO3_LORA)
+    finetune.assert_losses_match(
+        finetune.metrics(zero3_lora_run), finetune.metrics(out), range(1, finetune.STEPS + 1), rtol=1e-6
+    )
+    finetune.assert_weights_match(finetune.weights(zero3_lora_run), finetune.weights(out), atol=1e-7)
+    finetune.assert_weights_match(lora_file(zero3_lora_run), lora_file(out), atol=1e-7)
