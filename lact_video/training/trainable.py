@@ -55,7 +55,7 @@ class LoraSettings:
     # Dropout on the LoRA branch's input. Flag: --lora_dropout.
     lora_dropout: float = 0.0
     # Module names (a suffix of the full name, as peft matches: to_q, attn1.to_q, blocks.0.attn1.to_q), or one
-    # regular expression that peft matches against the full names (blocks\.\d+\.attn1\.(to_q|to_k)). On the command
+    # regular expression that peft matches against the full names (blocks\.\d+\.attn1\.to_[qkv]). On the command
     # line a comma-separated list works too: --lora_target_modules to_q,to_k,to_v,to_out.0.
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
     # default (A Kaiming-uniform) or gaussian; B starts at zero either way.

@@ -14,9 +14,10 @@ sequence, flow matching on the noisy chunks, the loss reported per chunk.
 
 Output (train.output_dir): `checkpoint-<step>/` (atomic; `train.resume_from_checkpoint=latest`
 resumes model, optimizer, scheduler, EMA, RNG and data position exactly), `metrics.jsonl`
-(one line per step), `train_info.json` (partitioning, parameters, skipped videos), `logs/`
-(trackers), and at the end a diffusers pipeline folder (`transformer/`, `vae/`, ... and
-`model_index.json`) that `pipelines.LaCTVideoPipeline.from_pretrained` loads.
+(one line per step), `train_info.json` (partitioning, trainable parameters and their optimizer state, skipped
+videos), `logs/` (trackers), and at the end a diffusers pipeline folder (`transformer/`, `vae/`, ... and
+`model_index.json`) that `pipelines.LaCTVideoPipeline.from_pretrained` loads; a LoRA run adds its adapters as
+`pytorch_lora_weights.safetensors` (`load_lora_weights`), or fuses them (`train.export_fuse_lora`).
 """
 
 from __future__ import annotations
