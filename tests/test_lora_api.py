@@ -327,3 +327,23 @@ def test_lora_keys_that_cannot_apply_are_refused_by_name(tiny_wan_dir, wan_lora,
         pipe.load_lora_weights(REFUSED[case](_wan_layers(wan_lora)))
     assert REFUSED_KEY[case] in str(info.value)
     assert not adapted_layers(pipe.transformer)
+
+
+def test_save_pretrained_refuses_lora_layers_and_keeps_a_fused_lora(tiny_wan_dir, wan_lora, tmp_path):
+    """A model with LoRA layers would save them under peft's names, which `from_pretrained` does not read (it
+    re-initialises those linears at random, warning only): refused. Fused then unloaded, the folder reloads with
+    the LoRA in its weights."""
+    pipe = lact_pipeline(tiny_wan_dir)
+    pipe.load_lora_weights(wan_lora[0])
+    with_lora = lact_output(pipe.transformer)
+    with pytest.raises(ValueError, match=r"holds LoRA layers \(condition_embedder.* 26 in all.*fuse_lora"):
+        pipe.save_pretrained(tmp_path / "refused")
+    assert not (tmp_path / "refused" / "model_index.json").exists()  # an unfinished folder, as diffusers leaves it
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match="holds LoRA layers"):
+        pipe.transformer.save_pretrained(tmp_path / "fused-not-unloaded")
+    pipe.unload_lora_weights()
+    pipe.save_pretrained(tmp_path / "merged", variant="fp32")
+    assert (tmp_path / "merged" / "transformer" / "diffusion_pytorch_model.fp32.safetensors").is_file()
+    reloaded = LaCTVideoPipeline.from_pretrained(tmp_path / "merged", variant="fp32")
+    assert_rel_close(lact_output(reloaded.transformer), with_lora, 1e-6, "merged folder vs LoRA")

@@ -14,6 +14,7 @@ Shapes: `B` batch, `C` channels, `F` latent frames, `k` frames per chunk, `N` ch
 copies, `S` segments, `T` tokens per chunk, `D` model dim.
 """
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -304,6 +305,33 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         convert_weights(loaded[0] if kwargs.get("output_loading_info") else loaded, version, where)
         return loaded
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' `ModelMixin.save_pretrained` (same arguments), refusing a model that holds LoRA layers.
+
+        Raises:
+            ValueError: LoRA adapters are loaded (not unloaded). Their layers would be saved under peft's names
+                (`to_q.base_layer.weight`, `to_q.lora_A.default.weight`), which `from_pretrained` does not read: it
+                would initialise those linears at random with a warning only.
+        """
+        from diffusers.utils import is_peft_available
+
+        if is_peft_available():
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            adapted = [name for name, module in self.named_modules() if isinstance(module, BaseTunerLayer)]
+            if adapted:
+                raise ValueError(
+                    f"{type(self).__name__} holds LoRA layers ({', '.join(adapted[:3])}, ... {len(adapted)} in all), "
+                    "which from_pretrained cannot read back. Save the adapters with `save_lora_adapter` (or the "
+                    "pipeline's `save_lora_weights`), or merge them first: `fuse_lora()` then `unload_lora()` "
+                    "(`unload_lora_weights()` on the pipeline)."
+                )
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # diffusers' pipeline `save_pretrained` passes `safe_serialization`, `variant`, ... only to save methods whose
+    # signature names them.
+    save_pretrained.__signature__ = inspect.signature(ModelMixin.save_pretrained)
 
     def set_attention_backend(self, backend: str) -> None:
         """Run every attention of this model (window or full-causal self-attention, and the text
