@@ -311,7 +311,7 @@ def test_every_bad_value_is_one_line_naming_its_key(key, monkeypatch, capsys):
     [
         (["--learning_rat", "1"], "unknown flag --learning_rat; did you mean --learning_rate"),
         (["learning_rat=1"], "unknown config key 'learning_rat'; did you mean learning_rate"),
-        (["--validation_prompt", "a cat"], "pipelines/generate.py"),
+        (["--validation_prompt", "a cat"], "run scripts/generate.py (lact-video-generate) --model EXPORT_DIR"),
         (["--resolution", "512"], "--height H --width W"),
         (["--use_ema", "maybe"], "--use_ema is a switch"),
         (["stray"], "cannot read argument 'stray'"),

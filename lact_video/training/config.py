@@ -190,7 +190,8 @@ FLAG_ALIASES = {"seed": "train.seed"}
 # Flags of diffusers' training examples that have no field here, and what to use instead.
 DIFFUSERS_FLAGS_ELSEWHERE = {
     "validation_prompt": "this trainer validates by the per-chunk loss on held-out clips (data.validation_data_dir "
-    "with train.validation_steps); for sample videos run pipelines/generate.py --model EXPORT_DIR --prompt ...",
+    "with train.validation_steps); for sample videos run "
+    "scripts/generate.py (lact-video-generate) --model EXPORT_DIR --prompt ... --output sample.mp4",
     "validation_epochs": "validation runs every train.validation_steps optimizer steps (--validation_steps N)",
     "resolution": "set the clip size with --height H --width W (multiples of 16)",
     "dataset_name": "give a local video folder with metadata.jsonl or metadata.csv: --train_data_dir DIR",
