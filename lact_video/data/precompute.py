@@ -105,7 +105,7 @@ def main(argv=None) -> pathlib.Path:
             shard.unlink()
 
     # 2. Scan the videos
-    videos = VideoFolderDataset(args.train_data_dir, config)
+    videos = VideoFolderDataset(args.train_data_dir, config, key=lambda name: f"--{name}")  # our flags
     loader = torch.utils.data.DataLoader(
         _Decoded(videos), batch_size=args.batch_size, num_workers=args.dataloader_num_workers, collate_fn=list
     )
