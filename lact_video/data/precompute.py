@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..training.config import ConfigError, exit_on_config_error
+from ..errors import ConfigError, exit_on_config_error
 from .config import DataConfig
 from .encode import encode_prompts, encode_videos, load_frozen_encoders
 from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry, cache_sampling
