@@ -261,15 +261,15 @@ def test_metadata_with_a_byte_order_mark(tmp_path, fmt):
 
 
 def test_metadata_errors(tmp_path):
-    with pytest.raises(ValueError, match="no metadata file: add metadata.jsonl"):
+    with pytest.raises(ConfigError, match="no metadata file: add metadata.jsonl"):
         read_metadata(tmp_path)
     write_metadata(tmp_path, [{"file_name": "a.mp4", "text": "a"}], "jsonl")
     write_metadata(tmp_path, [{"file_name": "a.mp4", "text": "a"}], "csv")
-    with pytest.raises(ValueError, match="both metadata.jsonl and metadata.csv"):
+    with pytest.raises(ConfigError, match="both metadata.jsonl and metadata.csv"):
         read_metadata(tmp_path)
     (tmp_path / "metadata.csv").unlink()
     (tmp_path / "metadata.jsonl").write_text('{"text": "no file"}\n')
-    with pytest.raises(ValueError, match=r"line 1: no file_name \(found \['text'\]\); every row needs file_name"):
+    with pytest.raises(ConfigError, match=r"line 1: no file_name \(found \['text'\]\); every row needs file_name"):
         read_metadata(tmp_path)
     (tmp_path / "metadata.jsonl").unlink()
     (tmp_path / "metadata.csv").write_text("path;caption\na.mp4;a\n")  # a semicolon-separated export
@@ -342,7 +342,7 @@ def test_precompute_names_its_flags_in_skip_messages(tmp_path):
 def test_no_usable_video_is_an_error(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     write_metadata(tmp_path, [{"file_name": "empty.mp4", "text": "e"}, {"file_name": "gone.mp4", "text": "g"}])
-    with pytest.raises(ValueError, match=r"no usable video .*\(1 empty file, 1 file missing\)"):
+    with pytest.raises(ConfigError, match=r"no usable video .*\(1 empty file, 1 file missing\)"):
         VideoFolderDataset(tmp_path, SMALL)
 
 

@@ -34,6 +34,7 @@ from lact_video.data.video_reader import (
     read_frames,
     resample_times,
 )
+from lact_video.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -76,20 +77,20 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
     """Rows `{"file_name", "text"}` from the folder's metadata.jsonl or metadata.csv.
 
     A missing caption comes back as "" (`scan_videos` skips the row). A missing or ambiguous
-    metadata file, or a row without `file_name`, is a ValueError: the folder itself is wrong.
+    metadata file, or a row without `file_name`, is a `ConfigError`: the folder itself is wrong.
     A UTF-8 byte-order mark at the start is ignored.
     """
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
-        raise ValueError(f"data folder {data_dir} does not exist")
+        raise ConfigError(f"data folder {data_dir} does not exist")
     found = [data_dir / name for name in METADATA_FILES if (data_dir / name).is_file()]
     if not found:
-        raise ValueError(
+        raise ConfigError(
             f"{data_dir} has no metadata file: add metadata.jsonl (one JSON object per line with "
             f'"file_name" and "text") or metadata.csv (columns file_name,text)'
         )
     if len(found) > 1:
-        raise ValueError(f"{data_dir} has both metadata.jsonl and metadata.csv; keep one")
+        raise ConfigError(f"{data_dir} has both metadata.jsonl and metadata.csv; keep one")
     path = found[0]
     # utf-8-sig drops the byte-order mark that spreadsheet programs write; without it the first
     # column would be read as "\ufefffile_name".
@@ -101,13 +102,13 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
             try:
                 records.append((line_number, json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error})") from None
+                raise ConfigError(f"{path}, line {line_number}: not valid JSON ({error})") from None
     else:
         with path.open(newline="", encoding="utf-8-sig") as stream:
             # Line numbers count the header as line 1.
             reader = csv.DictReader(stream)
             if reader.fieldnames and len(reader.fieldnames) == 1 and ";" in reader.fieldnames[0]:
-                raise ValueError(
+                raise ConfigError(
                     f"{path}: the file looks semicolon-separated (header {reader.fieldnames[0]!r}); save it "
                     "comma-separated, with the columns file_name,text"
                 )
@@ -116,7 +117,7 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
     for line_number, record in records:
         if not isinstance(record, dict) or not record.get("file_name"):
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"{path}, line {line_number}: no file_name (found {keys}); every row needs file_name, "
                 f"the video's path relative to {data_dir}, and text, its caption"
             )
@@ -236,7 +237,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         self.entries, self.skipped = scan_videos(self.data_dir, rows, config.num_frames, config.fps, key)
         if not self.entries:
             reasons = count_reasons(self.skipped) or "no metadata rows"
-            raise ValueError(f"no usable video in {self.data_dir} ({reasons}); see the warnings above")
+            raise ConfigError(f"no usable video in {self.data_dir} ({reasons}); see the warnings above")
         # Items whose frames failed to decode in this process; each DataLoader worker keeps its own.
         self._failed: set[int] = set()
 
