@@ -41,6 +41,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from torch import nn
 
+from .errors import ConfigError, exit_on_config_error
 from .geometry import DEFAULT_CHUNK_FRAMES
 from .layers import FastWeightMemory
 from .minvid_options import (
@@ -107,7 +108,7 @@ def convert_minvid_state_dict(
     for key, value in state_dict.items():
         name = strip_prefixes(key)
         if name in stripped:
-            raise ValueError(f"Keys {key!r} and another one both become {name!r} once wrapper prefixes are stripped.")
+            raise ConfigError(f"Keys {key!r} and another one both become {name!r} once wrapper prefixes are stripped.")
         stripped[name] = value
     if constant_gate is not None:
         add_constant_gate(stripped, constant_gate)
@@ -120,7 +121,7 @@ def convert_minvid_state_dict(
                 rest = rest[2:]
             ours = f"blocks.{block}.attn1.memory.{MEMORY_NAMES[param]}{rest or ''}"
             if ours in converted:
-                raise ValueError(f"Two keys of the checkpoint become {ours!r}; one of them is {name!r}.")
+                raise ConfigError(f"Two keys of the checkpoint become {ours!r}; one of them is {name!r}.")
             converted[ours] = value
         else:
             base[name] = value
@@ -141,7 +142,7 @@ def convert_minvid_state_dict(
     found = {k: tuple(getattr(v, "shape", ())) for k, v in converted.items()}  # () for a stray non-tensor
     wrong = [f"{k}: checkpoint {found[k]} vs model {tuple(s)}" for k, s in expected.items() if found.get(k, s) != s]
     if unknown or missing or wrong:
-        raise ValueError(
+        raise ConfigError(
             f"The checkpoint does not match a LaCT Wan model with the --base config and the memory config "
             f"{lact_config or '(none: plain Wan)'} inferred from it. Unknown keys: {unknown}. Missing keys: "
             f"{missing}. Shape mismatches: {wrong}. (Keys in diffusers names.)"
@@ -156,7 +157,7 @@ def add_constant_gate(stripped: dict, value: float) -> None:
     for name in [k for k in stripped if re.fullmatch(r"blocks\.\d+\.self_attn\.lr_proj\.weight", k)]:
         prefix = name.removesuffix("lr_proj.weight") + "ttt_scale_proj."
         if prefix + "weight" in stripped:
-            raise ValueError(
+            raise ConfigError(
                 f"learnable_ttt_scale is false in the minVid YAML, but the checkpoint has {prefix}weight."
             )
         weight = stripped[name]
@@ -169,13 +170,13 @@ def infer_lact_config(converted: dict, num_layers: int) -> dict:
     w0 = {int(k.split(".")[1]): v for k, v in converted.items() if re.fullmatch(r"blocks\.\d+\.attn1\.memory\.w0", k)}
     if not w0:
         if any(".attn1.memory." in k for k in converted):
-            raise ValueError("The checkpoint has LaCT memory keys but no `self_attn.w0` in any block.")
+            raise ConfigError("The checkpoint has LaCT memory keys but no `self_attn.w0` in any block.")
         return {}
     blocks = sorted(w0)
     _, dh, d = w0[blocks[0]].shape  # [Hf, dh, d]; the shape check catches blocks that disagree
     if dh % d:
         shape = tuple(w0[blocks[0]].shape)
-        raise ValueError(f"w0 of block {blocks[0]} has shape {shape}: dh={dh} is not a multiple of d={d}.")
+        raise ConfigError(f"w0 of block {blocks[0]} has shape {shape}: dh={dh} is not a multiple of d={d}.")
     return {
         "fw_head_dim": d,
         "fw_mlp_ratio": dh // d,
@@ -238,7 +239,7 @@ def load_checkpoint(path: str | pathlib.Path, key: str | None = None) -> dict:
     while isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         container = next((k for k in _CONTAINER_KEYS if isinstance(state.get(k), dict)), None)
         if container is None:
-            raise ValueError(f"No state dict in {path}: top-level keys {sorted(state)}. Pick one with --key.")
+            raise ConfigError(f"No state dict in {path}: top-level keys {sorted(state)}. Pick one with --key.")
         logger.info("Using the state dict under %r of %s.", container, path)
         state = state[container]
     return state
@@ -250,6 +251,7 @@ def convert(
     output_dir: str | pathlib.Path,
     key: str | None = None,
     minvid_config: str | pathlib.Path | dict | None = None,
+    overwrite: bool = False,
     **lact_settings,
 ) -> pathlib.Path:
     """Convert `checkpoint` and write the pipeline folder.
@@ -261,11 +263,24 @@ def convert(
         lact_settings: LaCT config keys (None = unset; the deprecated names warn). They must agree with the
             checkpoint's tensors and with the YAML; `muon_dtype` may override the YAML's bf16 (it has no
             place there).
+        overwrite: replace what `output_dir` holds; without it a non-empty `output_dir` is refused.
+
+    Raises:
+        ConfigError: a missing checkpoint or YAML file, an `output_dir` that is `base` or not empty (without
+            `overwrite`), an unsupported YAML option (`UnsupportedMinVidOption`), or flags, YAML and tensors
+            that disagree.
     """
     output_dir = pathlib.Path(output_dir)
+    for name, path in (("checkpoint", checkpoint), ("--minvid_config", minvid_config)):
+        if path is not None and not isinstance(path, dict) and not pathlib.Path(path).is_file():
+            raise ConfigError(f"{name} {path}: no such file")
+    if not overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
+        raise ConfigError(
+            f"--output_dir {output_dir} is not empty: pass --overwrite to replace it, or pick a new folder"
+        )
     base_folder = local_model_folder(str(base))
     if output_dir.resolve() == base_folder.resolve():
-        raise ValueError("--output_dir must differ from --base.")
+        raise ConfigError("--output_dir must differ from --base.")
     # From `base` itself: for a hub id, local_model_folder fetches the other components only.
     wan_config = dict(WanTransformer3DModel.load_config(str(base), subfolder="transformer"))
     settings = {k: v for k, v in lact_settings.items() if v is not None}
@@ -286,7 +301,7 @@ def convert(
         conflicts = {k: (given[k], inferred[k]) for k in INFERRED_KEYS if k in given and given[k] != inferred[k]}
         if conflicts:
             source = "--minvid_config and flags" if options else "Flags"
-            raise ValueError(f"{source} disagree with the checkpoint's tensors (given, checkpoint): {conflicts}.")
+            raise ConfigError(f"{source} disagree with the checkpoint's tensors (given, checkpoint): {conflicts}.")
         with init_empty_weights():
             model = LaCTWanTransformer3DModel(**wan_config, **{**settings, **inferred})
         model.load_state_dict(state_dict, strict=True, assign=True)  # keys and shapes checked above
@@ -314,7 +329,7 @@ def convert(
         )
 
     write_pipeline_folder(output_dir, model, base_folder)
-    public = {k: v for k, v in model.config.items() if k in LACT_CONFIG_KEYS}
+    public = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in model.config.items() if k in LACT_CONFIG_KEYS)
     logger.info("Wrote %s (LaCT config %s).", output_dir, public)
     return output_dir
 
@@ -344,7 +359,7 @@ def yaml_settings(minvid_config, wan_config: dict, flags: dict) -> MinVidOptions
         if k in options.settings and k not in overridable and v != options.settings[k]
     }
     if conflicts:
-        raise ValueError(f"Flags disagree with --minvid_config (flag, YAML): {conflicts}. Drop the flags.")
+        raise ConfigError(f"Flags disagree with --minvid_config (flag, YAML): {conflicts}. Drop the flags.")
     for note in options.notes:
         logger.info("minVid config: %s", note)
     return options
@@ -364,6 +379,7 @@ def main(argv=None) -> pathlib.Path:
     )
     parser.add_argument("--base", required=True, help="the Wan2.1 T2V diffusers folder (or hub id) it started from")
     parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--overwrite", action="store_true", help="replace what a non-empty --output_dir holds")
     parser.add_argument("--key", help="dotted path of the state dict in a .pt (default: state_dict, model, ...)")
     parser.add_argument(
         "--minvid_config",
@@ -399,4 +415,5 @@ def main(argv=None) -> pathlib.Path:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_config_error():  # a refusal: one line on stderr, exit status 2
+        main()

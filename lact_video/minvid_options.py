@@ -50,6 +50,7 @@ import pathlib
 
 import torch
 
+from .errors import ConfigError
 from .models.lact_config import MuonDtype
 
 # `base_lr = 0.001` in ARFastWeightSwiGLU.__init__: the rate at lr_proj = 0, a constant of their layer.
@@ -151,7 +152,7 @@ ASSUMED_WITHOUT_YAML = {
 }
 
 
-class UnsupportedMinVidOption(ValueError):
+class UnsupportedMinVidOption(ConfigError):
     """An option of the authors' YAML that lact-video does not implement (or that contradicts the base)."""
 
 

@@ -9,6 +9,8 @@ sets the LaCT config, e.g. `--lact fw_head_dim=128 --lact chunk_frames=2`).
 """
 
 import argparse
+import pathlib
+import tempfile
 import time
 
 import torch
@@ -36,6 +38,29 @@ def parse_lact_options(items: list[str], parser: argparse.ArgumentParser) -> dic
     return config
 
 
+def check_output(output: str, parser: argparse.ArgumentParser) -> None:
+    """Refuse, before any model loads, an --output the writer cannot encode or write: its container
+    (`container_codec`), a folder that cannot be created, or one where no file can be made (probed with a
+    temporary file, removed at once). The folder is created as the writer would create it."""
+    path = pathlib.Path(output)
+    if path.suffix.lower() == ".gif":
+        parser.error(
+            f"--output {output}: a GIF is not written directly; write a video (--output {path.with_suffix('.mp4')}) "
+            f"and convert it, e.g. ffmpeg -i {path.with_suffix('.mp4')} {output}"
+        )
+    try:
+        container_codec(path)
+    except ValueError as error:
+        parser.error(f"--output: {error}")
+    if path.is_dir():
+        parser.error(f"--output {output} is a folder: give a file name, e.g. {path / 'video.mp4'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as error:
+        parser.error(f"--output {output}: cannot write in {path.parent} ({error.strerror}); choose another folder")
+
+
 def main(argv=None) -> None:
     """Parse `argv` (see the module docstring), generate and write the video."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +78,9 @@ def main(argv=None) -> None:
     parser.add_argument("--num_frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--steps", type=int, default=50, help="denoising steps per chunk")
+    parser.add_argument(
+        "--steps", "--num_inference_steps", dest="steps", type=int, default=50, help="denoising steps per chunk"
+    )
     parser.add_argument("--guidance_scale", type=float, default=5.0)
     parser.add_argument("--max_sequence_length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
@@ -74,17 +101,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.lact and not args.from_wan:
         parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
-    try:  # before any model loads
-        container_codec(args.output)
-    except ValueError as error:
-        parser.error(f"--output: {error}")
+    check_output(args.output, parser)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if args.from_wan:
         pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **parse_lact_options(args.lact, parser))
     else:
-        pipe = LaCTVideoPipeline.from_pretrained(args.model, torch_dtype=dtype)
+        pipe = LaCTVideoPipeline.from_pretrained(args.model, dtype=dtype)  # diffusers >= 0.42 deprecates torch_dtype
     pipe.to(device)
     if args.compile == "full":
         pipe.transformer.compile(fullgraph=True)

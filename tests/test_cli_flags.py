@@ -311,7 +311,7 @@ def test_every_bad_value_is_one_line_naming_its_key(key, monkeypatch, capsys):
     [
         (["--learning_rat", "1"], "unknown flag --learning_rat; did you mean --learning_rate"),
         (["learning_rat=1"], "unknown config key 'learning_rat'; did you mean learning_rate"),
-        (["--validation_prompt", "a cat"], "pipelines/generate.py"),
+        (["--validation_prompt", "a cat"], "run scripts/generate.py (lact-video-generate) --model EXPORT_DIR"),
         (["--resolution", "512"], "--height H --width W"),
         (["--use_ema", "maybe"], "--use_ema is a switch"),
         (["stray"], "cannot read argument 'stray'"),
@@ -373,3 +373,17 @@ def test_settings_that_do_not_fit_the_base_name_the_key_and_what_fits(override, 
     with pytest.raises(ConfigError) as error:
         check_against_transformer(config, {**TRANSFORMER_CONFIGS["tiny"], "rope_max_seq_len": 1000})
     assert all(key in str(error.value) for key in keys), str(error.value)
+
+
+@pytest.mark.parametrize("source", ["cache", "videos"])
+def test_a_data_folder_that_cannot_work_is_one_line(source, tmp_path, monkeypatch, capsys):
+    """Found at run time, before any model loads: a cache folder without its index, a video folder without
+    metadata. One line and exit status 2, as a bad flag."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    data = f"data.cache_dir={tmp_path}" if source == "cache" else f"data.train_data_dir={tmp_path}"
+    argv = ["--config", TINY, data, f"train.output_dir={tmp_path / 'run'}", "train.report_to=none"]
+    err = cli_error(trainer, argv, monkeypatch, capsys)
+    assert ("no index.json: build the cache" if source == "cache" else "has no metadata file") in err

@@ -19,6 +19,7 @@ from utils import minvid_convert_argv
 
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.convert import convert, main, to_minvid_state_dict
+from lact_video.errors import ConfigError
 from lact_video.layers.rotary import chunk_rotary_emb
 from lact_video.minvid_options import (
     LAYER_DEFAULTS,
@@ -380,12 +381,47 @@ def test_every_unsupported_option_is_refused_by_name(wan, tiny_wan_dir, tmp_path
 
 def test_yaml_and_tensors_or_flags_must_agree(wan, tiny_wan_dir, tmp_path):
     theirs = their_state_dict(wan)
-    with pytest.raises(ValueError, match=r"'fw_head_dim': \(8, 12\)"):
+    with pytest.raises(ConfigError, match=r"'fw_head_dim': \(8, 12\)"):
         converted(wan, tiny_wan_dir, tmp_path, theirs, their_yaml(fw_head_dim=8))
-    with pytest.raises(ValueError, match=r"'use_momentum': \(False, True\)"):
+    with pytest.raises(ConfigError, match=r"'use_momentum': \(False, True\)"):
         converted(wan, tiny_wan_dir, tmp_path, theirs, their_yaml(use_momentum=False))
-    with pytest.raises(ValueError, match=r"Flags disagree with --minvid_config.*'chunk_frames': \(3, 2\)"):
+    with pytest.raises(ConfigError, match=r"Flags disagree with --minvid_config.*'chunk_frames': \(3, 2\)"):
         converted(wan, tiny_wan_dir, tmp_path, theirs, their_yaml(), chunk_frames=3)
+
+
+def test_output_dir_is_not_overwritten_without_the_flag(wan, tiny_wan_dir, tmp_path, caplog):
+    save_file(their_state_dict(wan), tmp_path / "theirs.safetensors")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    argv = minvid_convert_argv(tmp_path / "theirs.safetensors", tiny_wan_dir, tmp_path / "out", "--chunk_frames", "2")
+    with pytest.raises(ConfigError, match="--output_dir .*out is not empty: pass --overwrite"):
+        main(argv)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    with caplog.at_level(logging.INFO, logger="lact_video.convert"):
+        main([*argv, "--overwrite", "--use_muon", "--muon_dtype", "float32"])
+    wrote = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Wrote "))
+    assert "muon_dtype=float32" in wrote and "<" not in wrote  # values, not enum reprs
+
+
+@pytest.mark.parametrize("problem", ["missing_checkpoint", "unsupported_option"])
+def test_command_line_refusal_is_one_line_with_status_2(wan, tiny_wan_dir, tmp_path, problem):
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "theirs.safetensors"
+    argv = minvid_convert_argv(checkpoint, tiny_wan_dir, tmp_path / "out")
+    if problem == "unsupported_option":
+        save_file(their_state_dict(wan), checkpoint)
+        config = their_yaml()
+        _set("model.ar_window_size", 3)(config)
+        (tmp_path / "their.yaml").write_text(yaml.safe_dump(config))
+        argv += ["--minvid_config", str(tmp_path / "their.yaml")]
+    done = subprocess.run([sys.executable, "-m", "lact_video.convert", *argv], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("convert.py: error: ")
+    assert ("no such file" if problem == "missing_checkpoint" else "model.ar_window_size: 3") in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_constant_gate_bias_is_exact_for_the_released_value():

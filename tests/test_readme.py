@@ -31,3 +31,14 @@ def test_config_reference_matches_the_dataclasses():
     text = README.read_text()
     start, end = text.index(REFERENCE_BEGIN), text.index(REFERENCE_END) + len(REFERENCE_END)
     assert text[start:end] == config_reference(), "run: python scripts/config_reference.py --write"
+
+
+def test_readme_says_where_several_videos_and_the_gpu_figures_go():
+    """What the README says of `output_path` with several videos is what `video_paths` writes; the GPU table
+    says where its keys are in the JSON (`sections.<name>.figures.<key>`, as benchmarks/gpukit/report.py writes)."""
+    from pipelines.streaming import video_paths
+
+    text = " ".join(README.read_text().split())
+    assert video_paths("nb.mp4", 2) == ["nb_0.mp4", "nb_1.mp4"]
+    assert '`output_path="nb.mp4"` writes `nb_0.mp4`, `nb_1.mp4`' in text
+    assert "JSON key (`numerics.x` is `sections.numerics.figures.x` in the file" in text

@@ -19,7 +19,7 @@ from lact_video.data.demo_dataset import write_video_folder
 from lact_video.training import provenance
 from lact_video.training import trainer as trainer_module
 from lact_video.training.checkpointing import MARKER
-from lact_video.training.config import load_config
+from lact_video.training.config import ConfigError, load_config
 from lact_video.training.provenance import DEEPSPEED, Provenance, check_launch, config_changes
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -134,6 +134,8 @@ def test_changed_learning_rate_trains_and_is_logged(tiny_wan_dir, videos, run_co
     assert [rates[s]["pretrained"] for s in range(1, 7)] == [1e-3] * 4 + [1e-5] * 2
     assert [rates[s]["new"] for s in (5, 6)] == [pytest.approx(1e-4, rel=1e-12)] * 2  # new_params_lr_multiplier 10
     assert "optimizer.learning_rate 0.001 -> 1e-05" in caplog.text
+    changed = [r for r in caplog.records if r.getMessage().startswith("Settings changed since checkpoint-4")]
+    assert [r.levelno for r in changed] == [logging.WARNING]
     assert "step 5 trains at learning rates pretrained 1e-05, new 0.0001" in caplog.text
 
 
@@ -184,7 +186,7 @@ def test_changed_model_or_data_shape_is_refused_untouched(
     tiny_wan_dir, videos, run_copy, no_model_loads, override, named
 ):
     before = folder_hash(run_copy)
-    with pytest.raises(ValueError, match="other model or data-shape settings") as error:
+    with pytest.raises(ConfigError, match="other model or data-shape settings") as error:
         run(*args(tiny_wan_dir, videos, run_copy, "train.max_train_steps=6", *FIRST, override,
                   "train.resume_from_checkpoint=latest"))  # fmt: skip
     assert named in str(error.value) and "checkpoint-4" in str(error.value)
@@ -192,10 +194,49 @@ def test_changed_model_or_data_shape_is_refused_untouched(
 
 
 def test_two_changed_keys_are_both_named(tiny_wan_dir, videos, run_copy, no_model_loads):
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         run(*args(tiny_wan_dir, videos, run_copy, *FIRST, "data.width=48", "model.lact.fw_mlp_ratio=4",
                   "train.resume_from_checkpoint=checkpoint-4"))  # fmt: skip
     assert "data.width=32 there, 48 here; model.lact.fw_mlp_ratio=2 there, 4 here" in str(error.value)
+
+
+def test_refusal_at_the_command_line_is_one_line_with_status_2(tiny_wan_dir, videos, run_copy, no_model_loads,
+                                                                monkeypatch, capsys):  # fmt: skip
+    argv = args(tiny_wan_dir, videos, run_copy, *FIRST, "data.width=48", "train.resume_from_checkpoint=latest")
+    monkeypatch.setattr("sys.argv", ["lact-video-finetune", *argv])
+    reset_accelerate()
+    with pytest.raises(SystemExit) as exited:
+        trainer_module.cli()
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lact-video-finetune: error: ") and "data.width=32 there" in err[0]
+
+
+# A resume that would train nothing
+
+
+@pytest.mark.parametrize(
+    "checkpoint, length, step",
+    [
+        ("checkpoint-2", ["train.max_train_steps=1"], 2),
+        ("checkpoint-2", ["train.max_train_steps=2"], 2),
+        # derived from num_train_epochs (2 clips, batch 1: 2 steps), checked once the data is read
+        ("checkpoint-4", ["train.max_train_steps=null", "train.num_train_epochs=1"], 4),
+    ],
+)
+def test_resume_that_would_train_nothing_is_refused(
+    tiny_wan_dir, videos, first_run, tmp_path, no_model_loads, checkpoint, length, step
+):
+    """Resuming into another folder at a length the checkpoint has reached would export it as the finetune."""
+    before = folder_hash(first_run)
+    other = tmp_path / "other"
+    with pytest.raises(ConfigError) as error:
+        run(*args(tiny_wan_dir, videos, other, *FIRST, *length, "train.export_at_end=true",
+                  f"train.resume_from_checkpoint={first_run / checkpoint}"))  # fmt: skip
+    message = str(error.value)
+    assert f"is at step {step} and train.max_train_steps=" in message
+    assert "Raise train.max_train_steps" in message and "train.export_only=true" in message
+    assert folder_hash(first_run) == before and not other.exists()
 
 
 def test_record_with_deprecated_key_names_compares_renamed(first_run, monkeypatch):
@@ -231,7 +272,7 @@ def test_export_only_without_a_checkpoint_is_refused(tiny_wan_dir, videos, tmp_p
         (out / ".tmp-checkpoint-2").mkdir()
         (out / ".tmp-checkpoint-2" / "model.safetensors").write_bytes(b"partial")
     before = folder_hash(out) if out.exists() else None
-    with pytest.raises(ValueError, match="export_only=true, but .* holds no complete checkpoint-<step> to export"):
+    with pytest.raises(ConfigError, match="export_only=true, but .* holds no complete checkpoint-<step> to export"):
         run(*args(tiny_wan_dir, videos, out, "train.export_only=true", "train.resume_from_checkpoint=latest"))
     assert (folder_hash(out) if out.exists() else None) == before
     assert not (out / "model_index.json").exists()
@@ -255,14 +296,14 @@ def test_new_run_does_not_mix_with_another_runs_files(
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     before = folder_hash(run_copy)
     extra = [f"train.resume_from_checkpoint={resume}"] if resume else []
-    with pytest.raises(ValueError, match=f"holds another run's {named}; a new run there would mix"):
+    with pytest.raises(ConfigError, match=f"holds another run's {named}; a new run there would mix"):
         run(*args(tiny_wan_dir, videos, run_copy, *FIRST, *extra))
     assert folder_hash(run_copy) == before
 
 
 def test_resuming_an_older_checkpoint_beside_newer_ones_is_refused(tiny_wan_dir, videos, run_copy, no_model_loads):
     before = folder_hash(run_copy)
-    with pytest.raises(ValueError, match=r"newer than checkpoint-2 \(checkpoint-4\)"):
+    with pytest.raises(ConfigError, match=r"newer than checkpoint-2 \(checkpoint-4\)"):
         run(*args(tiny_wan_dir, videos, run_copy, *FIRST, "train.resume_from_checkpoint=checkpoint-2"))
     assert folder_hash(run_copy) == before
 

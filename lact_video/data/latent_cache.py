@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lact_video.data.config import DataConfig
+from lact_video.errors import ConfigError
 
 INDEX_FILE = "index.json"
 # 2: frames picked by presentation time, rotation and sample aspect ratio applied (video_reader.py).
@@ -62,7 +63,7 @@ def _differ(built: dict, expected: dict) -> list[str]:
 
 
 def check_cache_settings(cache_dir: str | pathlib.Path, built: dict, expected: dict) -> None:
-    """Raise ValueError naming each data setting (`data.KEY`) where the cache differs from `expected`.
+    """Raise ConfigError naming each data setting (`data.KEY`) where the cache differs from `expected`.
 
     `built` and `expected` map GEOMETRY_KEYS (and optionally SAMPLING_KEYS) to values.
     """
@@ -71,7 +72,7 @@ def check_cache_settings(cache_dir: str | pathlib.Path, built: dict, expected: d
         have = ", ".join(f"data.{key}={built[key]}" for key in differ)
         want = ", ".join(f"data.{key}={expected[key]}" for key in differ)
         flags = " ".join(_precompute_flag(key, expected[key]) for key in differ)
-        raise ValueError(
+        raise ConfigError(
             f"the latent cache {cache_dir} was built with {have}, but the config asks for {want}. "
             f"Rebuild it with finetune/precompute.py --output_dir {cache_dir} --overwrite {flags} (and the "
             f"other settings of this config), or set these keys in the config back to the cache's values."
@@ -94,7 +95,7 @@ class LatentCacheWriter:
         **info,
     ):
         if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+            raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
         self.output_dir = pathlib.Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         # `sampling` (cache_sampling) is checked on load when recorded; precompute always records it.
@@ -143,20 +144,20 @@ class LatentCacheDataset(torch.utils.data.Dataset):
     """Items `{"latents": (C, F, h, w), "prompt_embeds": (L, D), "text", "file_name"}` from a cache.
 
     With `expected` (a DataConfig, or a geometry dict), a cache built with other settings raises
-    ValueError naming them; a DataConfig's start-frame settings are checked too when the cache records them.
+    ConfigError naming them; a DataConfig's start-frame settings are checked too when the cache records them.
     """
 
     def __init__(self, cache_dir: str | pathlib.Path, expected: DataConfig | dict | None = None):
         self.cache_dir = pathlib.Path(cache_dir)
         index_path = self.cache_dir / INDEX_FILE
         if not index_path.is_file():
-            raise ValueError(
+            raise ConfigError(
                 f"{self.cache_dir} has no {INDEX_FILE}: build the cache with finetune/precompute.py "
                 f"(a folder without an index is an unfinished build)"
             )
         self.index = json.loads(index_path.read_text(encoding="utf-8"))
         if self.index.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise ConfigError(
                 f"{index_path} has format version {self.index.get('format_version')}, this code reads "
                 f"{FORMAT_VERSION} (format 1 sampled frames by the container's average frame rate, ignoring "
                 f"edit lists, rotation and pixel aspect ratio): rebuild the cache with finetune/precompute.py"

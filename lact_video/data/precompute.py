@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..training.config import ConfigError, exit_on_config_error
+from ..errors import ConfigError, exit_on_config_error
 from .config import DataConfig
 from .encode import encode_prompts, encode_videos, load_frozen_encoders
 from .latent_cache import INDEX_FILE, LatentCacheWriter, cache_geometry, cache_sampling
@@ -105,7 +105,7 @@ def main(argv=None) -> pathlib.Path:
             shard.unlink()
 
     # 2. Scan the videos
-    videos = VideoFolderDataset(args.train_data_dir, config)
+    videos = VideoFolderDataset(args.train_data_dir, config, key=lambda name: f"--{name}")  # our flags
     loader = torch.utils.data.DataLoader(
         _Decoded(videos), batch_size=args.batch_size, num_workers=args.dataloader_num_workers, collate_fn=list
     )

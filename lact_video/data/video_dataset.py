@@ -17,6 +17,7 @@ import collections
 import csv
 import json
 import logging
+import os
 import pathlib
 from dataclasses import dataclass
 
@@ -33,12 +34,20 @@ from lact_video.data.video_reader import (
     read_frames,
     resample_times,
 )
+from lact_video.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_COLUMNS = ("text", "caption")
 REMOVE_ROW = "or remove its row from the metadata"
+# Files counted as videos when looking for ones the metadata does not list.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+
+
+def data_key(name: str) -> str:
+    """How the trainer names a data setting in messages: its config key (`data.num_frames`)."""
+    return f"data.{name}"
 
 
 @dataclass(frozen=True)
@@ -68,20 +77,20 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
     """Rows `{"file_name", "text"}` from the folder's metadata.jsonl or metadata.csv.
 
     A missing caption comes back as "" (`scan_videos` skips the row). A missing or ambiguous
-    metadata file, or a row without `file_name`, is a ValueError: the folder itself is wrong.
+    metadata file, or a row without `file_name`, is a `ConfigError`: the folder itself is wrong.
     A UTF-8 byte-order mark at the start is ignored.
     """
     data_dir = pathlib.Path(data_dir)
     if not data_dir.is_dir():
-        raise ValueError(f"data folder {data_dir} does not exist")
+        raise ConfigError(f"data folder {data_dir} does not exist")
     found = [data_dir / name for name in METADATA_FILES if (data_dir / name).is_file()]
     if not found:
-        raise ValueError(
+        raise ConfigError(
             f"{data_dir} has no metadata file: add metadata.jsonl (one JSON object per line with "
             f'"file_name" and "text") or metadata.csv (columns file_name,text)'
         )
     if len(found) > 1:
-        raise ValueError(f"{data_dir} has both metadata.jsonl and metadata.csv; keep one")
+        raise ConfigError(f"{data_dir} has both metadata.jsonl and metadata.csv; keep one")
     path = found[0]
     # utf-8-sig drops the byte-order mark that spreadsheet programs write; without it the first
     # column would be read as "\ufefffile_name".
@@ -93,16 +102,22 @@ def read_metadata(data_dir: str | pathlib.Path) -> list[dict[str, str]]:
             try:
                 records.append((line_number, json.loads(line)))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {line_number}: not valid JSON ({error})") from None
+                raise ConfigError(f"{path}, line {line_number}: not valid JSON ({error})") from None
     else:
         with path.open(newline="", encoding="utf-8-sig") as stream:
             # Line numbers count the header as line 1.
-            records = list(enumerate(csv.DictReader(stream), start=2))
+            reader = csv.DictReader(stream)
+            if reader.fieldnames and len(reader.fieldnames) == 1 and ";" in reader.fieldnames[0]:
+                raise ConfigError(
+                    f"{path}: the file looks semicolon-separated (header {reader.fieldnames[0]!r}); save it "
+                    "comma-separated, with the columns file_name,text"
+                )
+            records = list(enumerate(reader, start=2))
     rows = []
     for line_number, record in records:
         if not isinstance(record, dict) or not record.get("file_name"):
             keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"{path}, line {line_number}: no file_name (found {keys}); every row needs file_name, "
                 f"the video's path relative to {data_dir}, and text, its caption"
             )
@@ -117,20 +132,42 @@ def count_reasons(skipped: list[SkippedVideo]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()))
 
 
-def _too_short(info: VideoInfo, num_frames: int, fps: float) -> str:
+def _too_short(info: VideoInfo, num_frames: int, fps: float, key) -> str:
     need = (num_frames - 1) / fps
     return (
         f"a player shows {info.num_frames} frames over {info.duration:.3f} s; a clip of {num_frames} frames at "
-        f"{fps:g} fps needs more than {need:.3f} s. Lower data.num_frames or data.fps, {REMOVE_ROW}"
+        f"{fps:g} fps needs at least {need:.3f} s. Lower {key('num_frames')} or {key('fps')}, {REMOVE_ROW}"
     )
 
 
+def warn_unlisted(data_dir: pathlib.Path, rows: list[dict[str, str]]) -> None:
+    """One warning naming how many video files in `data_dir` (and below) have no metadata row, and a few of them:
+    they are not trained on, which a user who just copied them in would not expect."""
+    listed = {os.path.normpath(row["file_name"]) for row in rows}
+    unlisted = sorted(
+        str(path.relative_to(data_dir))
+        for path in data_dir.rglob("*")
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
+        and os.path.normpath(path.relative_to(data_dir)) not in listed
+    )  # fmt: skip
+    if unlisted:
+        shown = ", ".join(unlisted[:5]) + (f" and {len(unlisted) - 5} more" if len(unlisted) > 5 else "")
+        logger.warning(
+            "%d video file(s) in %s have no row in the metadata and are not used: %s. Add a row for each to train "
+            "on them.",
+            len(unlisted),
+            data_dir,
+            shown,
+        )
+
+
 def scan_videos(
-    data_dir: str | pathlib.Path, rows: list[dict[str, str]], num_frames: int, fps: float
+    data_dir: str | pathlib.Path, rows: list[dict[str, str]], num_frames: int, fps: float, key=data_key
 ) -> tuple[list[VideoEntry], list[SkippedVideo]]:
     """Probe every video once: the usable ones, and the skipped ones with their reasons.
 
-    Logs one warning per skipped video and a summary; never raises for a bad video.
+    Logs one warning per skipped video, one for the video files no row lists, and a summary; never raises for a
+    bad video. `key` names a data setting in the messages (the trainer's `data.fps`; precompute's `--fps`).
     """
     data_dir = pathlib.Path(data_dir)
     entries, skipped = [], []
@@ -166,10 +203,11 @@ def scan_videos(
             )
             continue
         if latest_start(info, num_frames, fps) < 0:
-            skip(file_name, "too short", _too_short(info, num_frames, fps))
+            skip(file_name, "too short", _too_short(info, num_frames, fps, key))
             continue
         entries.append(VideoEntry(file_name, row["text"], info))
 
+    warn_unlisted(data_dir, rows)
     if skipped:
         reasons = count_reasons(skipped)
         logger.warning("Kept %d of %d videos in %s; skipped %s", len(entries), len(rows), data_dir, reasons)
@@ -189,16 +227,17 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     `set_epoch` to draw new starts (DataLoader workers pick it up when they restart each epoch).
     """
 
-    def __init__(self, data_dir: str | pathlib.Path, config: DataConfig):
+    def __init__(self, data_dir: str | pathlib.Path, config: DataConfig, key=data_key):
+        """`key(name)`: how messages name the data setting `name` (see `scan_videos`)."""
         config.check_clip()
         self.data_dir = pathlib.Path(data_dir)
         self.config = config
         self.epoch = 0
         rows = read_metadata(self.data_dir)
-        self.entries, self.skipped = scan_videos(self.data_dir, rows, config.num_frames, config.fps)
+        self.entries, self.skipped = scan_videos(self.data_dir, rows, config.num_frames, config.fps, key)
         if not self.entries:
             reasons = count_reasons(self.skipped) or "no metadata rows"
-            raise ValueError(f"no usable video in {self.data_dir} ({reasons}); see the warnings above")
+            raise ConfigError(f"no usable video in {self.data_dir} ({reasons}); see the warnings above")
         # Items whose frames failed to decode in this process; each DataLoader worker keeps its own.
         self._failed: set[int] = set()
 

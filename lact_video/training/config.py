@@ -47,6 +47,7 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from .. import __version__
 from ..data.config import DataConfig
+from ..errors import ConfigError, exit_on_config_error  # noqa: F401  (re-exported: the commands import them from here)
 from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS, check_noise_levels
 from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
@@ -202,7 +203,8 @@ FLAG_ALIASES = {
 # Flags of diffusers' training examples that have no field here, and what to use instead.
 DIFFUSERS_FLAGS_ELSEWHERE = {
     "validation_prompt": "this trainer validates by the per-chunk loss on held-out clips (data.validation_data_dir "
-    "with train.validation_steps); for sample videos run pipelines/generate.py --model EXPORT_DIR --prompt ...",
+    "with train.validation_steps); for sample videos run "
+    "scripts/generate.py (lact-video-generate) --model EXPORT_DIR --prompt ... --output sample.mp4",
     "validation_epochs": "validation runs every train.validation_steps optimizer steps (--validation_steps N)",
     "resolution": "set the clip size with --height H --width W (multiples of 16)",
     "dataset_name": "give a local video folder with metadata.jsonl or metadata.csv: --train_data_dir DIR",
@@ -213,14 +215,6 @@ DIFFUSERS_FLAGS_ELSEWHERE = {
 }
 DIFFUSERS_FLAGS_ELSEWHERE["validation_prompts"] = DIFFUSERS_FLAGS_ELSEWHERE["validation_prompt"]
 _BOOLEAN_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")  # what OmegaConf reads as a bool
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, in the user's terms: the key (dotted path or flag), what is wrong, the fix.
-
-    Raised before any model loads. Command-line tools print it as one line and exit with status 2, as argparse
-    does for a bad argument (`exit_on_config_error`).
-    """
 
 
 def _leaf_fields(cls=FinetuneConfig, prefix: str = "") -> Iterator[tuple[str, type, str]]:
@@ -488,16 +482,6 @@ def _omegaconf_errors(where: str | None):
         raise ConfigError(f"{where}: cannot read the recipe ({error.strerror}): give an existing YAML file") from None
     except ValueError as error:  # rename_deprecated: an old key and its new name, with different values
         raise ConfigError(str(error)) from None
-
-
-@contextlib.contextmanager
-def exit_on_config_error():
-    """The command-line boundary: a `ConfigError` prints as `PROG: error: MESSAGE` on stderr and exits with
-    status 2, without a traceback (as argparse does for a bad argument)."""
-    try:
-        yield
-    except ConfigError as error:
-        config_parser().exit(2, f"{os.path.basename(sys.argv[0])}: error: {error}\n")  # argparse's prog
 
 
 def _rename_deprecated_keys(tree: dict, where: str) -> dict:

@@ -10,7 +10,9 @@ is written to the run folder:
 - the launch must be able to load the files: a DeepSpeed checkpoint needs DeepSpeed with the same ZeRO
   stage and mixed precision, and under ZeRO (stage >= 1 splits the optimizer states per process) the
   same number of processes; a checkpoint written without DeepSpeed cannot be loaded by a DeepSpeed run.
-- everything else may change and is logged; the optimizer settings (`optimizer.*`, and the schedule's
+- the length: resuming at or past `train.max_train_steps` would train nothing and export the checkpoint as the
+  finetune; refused unless `train.export_only` asks for that export.
+- everything else may change and is logged as a warning; the optimizer settings (`optimizer.*`, and the schedule's
   length `train.max_train_steps`) apply from the first resumed step (the trainer puts them back after
   `load_state`, which restores the checkpoint's).
 Configs are compared after the deprecated aliases of `lact_video.models.lact_config` are resolved, so a
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from .. import __version__
+from ..errors import ConfigError
 from ..models.formats import CHECKPOINT_FORMAT_KEY, FORMAT_VERSION, saved_format
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, rename_deprecated
 from .checkpointing import MARKER
@@ -85,24 +88,38 @@ def split_per_process(path: pathlib.Path) -> bool:
 
 
 def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
-    """Raise ValueError if this run cannot resume checkpoint `path`; log the settings that changed.
+    """Raise `ConfigError` if this run cannot resume checkpoint `path`; log the settings that changed.
 
     Call it before any model loads. See the module docstring for what is refused and what applies.
     """
     check_weights_format(path, marker)
+    if config.train.max_train_steps is not None:  # None: derived from num_train_epochs once the data is read
+        check_length(path, marker["step"], config.train)
     then, now = Provenance.from_marker(marker), Provenance.of_run(config, accelerator)
     check_launch(path, then, now)
     changes = config_changes(then.config, now.config, where=str(path / MARKER))
     fixed = {key: change for key, change in changes.items() if is_fixed(key)}
     if fixed:
         listed = "; ".join(f"{key}={old!r} there, {new!r} here" for key, (old, new) in fixed.items())
-        raise ValueError(
+        raise ConfigError(
             f"{path} was trained with other model or data-shape settings than this run: {listed}. Resume with the "
             "checkpoint's values (drop these overrides), or start a new run in a new train.output_dir."
         )
     if changes:
+        # A warning for all of them: even an optimizer setting makes the resumed run differ from the one recorded.
         listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
-        logger.info("Settings changed since %s: %s (optimizer settings apply from this resume on)", path.name, listed)
+        logger.warning("Settings changed since %s: %s (they apply from this resume on)", path.name, listed)
+
+
+def check_length(path: pathlib.Path, step: int, train) -> None:
+    """Refuse resuming checkpoint `path` (at `step`) into a run of `train.max_train_steps` <= step: it would train
+    nothing and export the checkpoint as if it were the finetune. `train.export_only` asks for that deliberately."""
+    if not train.export_only and train.max_train_steps <= step:
+        raise ConfigError(
+            f"{path} is at step {step} and train.max_train_steps={train.max_train_steps}: this run would train "
+            f"nothing. Raise train.max_train_steps above {step} (--max_train_steps N) to train on, or pass "
+            "train.export_only=true to export the checkpoint as it is."
+        )
 
 
 def check_weights_format(path: pathlib.Path, marker: dict) -> None:
@@ -110,7 +127,7 @@ def check_weights_format(path: pathlib.Path, marker: dict) -> None:
     docs/design.md Sec. 6.3): resuming would train them as if they had this one."""
     version = saved_format(marker, CHECKPOINT_FORMAT_KEY, str(path / MARKER))
     if version != FORMAT_VERSION:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds weights of format {version} (no {CHECKPOINT_FORMAT_KEY} in {MARKER}: written before "
             f"the fast-weight rate became softplus(lr_proj(x) + softplus^-1(fw_base_lr))); this lact-video trains "
             f"format {FORMAT_VERSION}, and resuming would give the weights another meaning. Finish or export the run "
@@ -128,32 +145,32 @@ def check_launch(path: pathlib.Path, then: Provenance, now: Provenance) -> None:
         "new run in a new train.output_dir."
     )
     if was and now.distributed_type != DEEPSPEED:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds DeepSpeed {stage} state {written}; this run has no DeepSpeed ({now.distributed_type}, "
             f"{now.num_processes} process(es)) and cannot load it. Resume it under accelerate launch with a DeepSpeed "
             f"{stage} config and {then.num_processes} processes (e.g. configs/accelerate/zero3_cpu_2proc.yaml), "
             + export
         )
     if not was and now.distributed_type == DEEPSPEED:
-        raise ValueError(
+        raise ConfigError(
             f"{path} was {written} without DeepSpeed; this DeepSpeed run cannot load it. Resume it with the launch it "
             "was written with (no DeepSpeed), " + export
         )
     if not was:
         return
     if then.zero_stage is not None and then.zero_stage != now.zero_stage:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds DeepSpeed ZeRO-{then.zero_stage} state; this run uses ZeRO-{now.zero_stage}. Resume it "
             f"with a ZeRO-{then.zero_stage} DeepSpeed config, " + export
         )
     if then.num_processes != now.num_processes and split_per_process(path):
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds DeepSpeed {stage} shards {written}, and DeepSpeed cannot load them into "
             f"{now.num_processes} process(es). Resume it with {then.num_processes} processes (accelerate launch "
             f"--num_processes {then.num_processes}, or num_processes in the accelerate config), " + export
         )
     if then.mixed_precision is not None and then.mixed_precision != now.mixed_precision:
-        raise ValueError(
+        raise ConfigError(
             f"{path} holds DeepSpeed state in mixed precision {then.mixed_precision!r}; this run uses "
             f"{now.mixed_precision!r} (train.mixed_precision), whose optimizer files differ. Resume it with "
             f"train.mixed_precision={then.mixed_precision}, " + export

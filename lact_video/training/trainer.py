@@ -40,6 +40,7 @@ from ..geometry import latent_size
 from ..models import LaCTWanTransformer3DModel
 from . import checkpointing, provenance
 from .config import (
+    ConfigError,
     FinetuneConfig,
     check_against_transformer,
     exit_on_config_error,
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     resume_from = check_run_folder(asked, accelerator)  # before any model loads, and before any write
     datasets = make_datasets(asked)
     config = with_training_length(asked, len(datasets.train), accelerator.num_processes)  # num_train_epochs
+    if resume_from is not None:  # the length derived from num_train_epochs, checked as check_resume checks a set one
+        provenance.check_length(resume_from, checkpointing.read_marker(resume_from)["step"], config.train)
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable, config.model.lora)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
@@ -175,7 +178,7 @@ def make_accelerator(config: FinetuneConfig):
 def check_run_folder(config: FinetuneConfig, accelerator) -> pathlib.Path | None:
     """The checkpoint this run resumes (None: it starts at step 0), after every check that needs no model.
 
-    Raises ValueError, before anything is read into memory or written: `train.export_only` with no
+    Raises ConfigError, before anything is read into memory or written: `train.export_only` with no
     checkpoint to export; a new run in a folder that holds another run's checkpoints or metrics.jsonl;
     a resume from a checkpoint older than others in the folder (this run would write its checkpoints
     beside theirs, under the same names); a checkpoint this run cannot resume (`provenance.check_resume`).
@@ -186,14 +189,14 @@ def check_run_folder(config: FinetuneConfig, accelerator) -> pathlib.Path | None
     found = checkpointing.list_checkpoints(output_dir)
     if path is None:
         if train.export_only:
-            raise ValueError(
+            raise ConfigError(
                 f"train.export_only=true, but {output_dir} holds no complete checkpoint-<step> to export "
                 f"(train.resume_from_checkpoint={train.resume_from_checkpoint!r}). Check train.output_dir, or train first."
             )
         others = [p.name for _, p in found] + (["metrics.jsonl"] if (output_dir / "metrics.jsonl").exists() else [])
         if others:
             resumable = "Resume that run (train.resume_from_checkpoint=latest), choose" if found else "Choose"
-            raise ValueError(
+            raise ConfigError(
                 f"train.output_dir={output_dir} holds another run's {', '.join(others)}; a new run there would mix "
                 f"with it. {resumable} a new train.output_dir, or delete them."
             )
@@ -203,7 +206,7 @@ def check_run_folder(config: FinetuneConfig, accelerator) -> pathlib.Path | None
     marker = checkpointing.read_marker(path)
     newer = [p.name for step, p in found if step > marker["step"]]
     if newer and not train.export_only:
-        raise ValueError(
+        raise ConfigError(
             f"{output_dir} holds checkpoints newer than {path.name} ({', '.join(newer)}); resuming {path.name} there "
             "would write this run's checkpoints beside them, under the same names. Resume the newest "
             f"(train.resume_from_checkpoint=latest), or resume {path} into a new train.output_dir."
