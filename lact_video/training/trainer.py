@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     resume_from = check_run_folder(asked, accelerator)  # before any model loads, and before any write
     datasets = make_datasets(asked)
     config = with_training_length(asked, len(datasets.train), accelerator.num_processes)  # num_train_epochs
-    if resume_from is not None:  # the length derived from num_train_epochs, checked as check_resume checks a set one
+    if resume_from is not None and asked.train.max_train_steps is None:  # check_resume checked a length that was set
         provenance.check_length(resume_from, checkpointing.read_marker(resume_from)["step"], config.train)
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable, config.model.lora)
