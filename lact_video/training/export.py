@@ -25,7 +25,6 @@ from contextlib import nullcontext
 import diffusers
 from accelerate import init_empty_weights
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE
-from diffusers.utils.peft_utils import recurse_remove_peft_layers
 
 from ..models import LaCTWanTransformer3DModel
 
@@ -70,15 +69,10 @@ def transformer_from_state_dict(state_dict: dict, config, lora_config=None) -> L
 
 def remove_lora(model: LaCTWanTransformer3DModel, fuse: bool) -> LaCTWanTransformer3DModel:
     """`model` without its peft LoRA layers, in place: their base weights, or with `fuse` the merged weights
-    W + scale B A (peft's `merge`, what diffusers' `fuse_lora` calls)."""
-    from peft.tuners.lora import LoraLayer
-
+    W + scale B A (diffusers' `PeftAdapterMixin.fuse_lora`, then `unload_lora`)."""
     if fuse:
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                module.merge()
-    recurse_remove_peft_layers(model)
-    del model.peft_config
+        model.fuse_lora()
+    model.unload_lora()
     return model
 
 
