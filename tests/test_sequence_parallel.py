@@ -110,6 +110,7 @@ def _compare(model, inputs, group):
     dist.broadcast(rank0_out, 0, group=group)
     disable_sequence_parallel(model)
     return {
+        "after_disable": (_step(model, inputs)[0] - reference[0]).abs().max().item(),
         "output": rel_err(out, reference[0]),
         "loss": rel_err(loss, reference[1]),
         "gradients": max(rel_err(grads[name], ref) for name, ref in reference[2].items()),
@@ -182,6 +183,7 @@ def test_two_ranks_equal_one_process(results, case):
     tolerance = CASES[case][2]
     measured = results[case]
     assert measured["ranks_differ"] == 0, measured
+    assert measured["after_disable"] == 0, measured
     for what in ("output", "loss", "gradients"):
         assert measured[what] <= tolerance, f"{case}: {what} relative error {measured[what]:.3g} > {tolerance:g}"
     for what in ("all_to_all_bytes", "all_reduce_bytes"):
@@ -197,3 +199,8 @@ def test_refusals(results):
     assert "teacher-forcing training only" in results["denoise"] and "'denoise'" in results["denoise"]
     assert "T=9" in results["odd_tokens"] and "2 does not divide 9" in results["odd_tokens"]
     assert "3 attention heads do not split evenly over 2 ranks" in results["uneven_without_deepspeed_group"]
+
+
+def test_refuses_a_wrapped_model():
+    with pytest.raises(TypeError, match="takes the LaCTWanTransformer3DModel itself; got a Linear"):
+        enable_sequence_parallel(torch.nn.Linear(2, 2), group=None)

@@ -211,15 +211,25 @@ def enable_sequence_parallel(model: LaCTWanTransformer3DModel, group: dist.Proce
 
     Inference modes (denoise, commit) raise ValueError while it is enabled.
 
+    When `P` does not divide the attention heads (12 heads of the 1.3B model over 8 ranks), call it after
+    `deepspeed.initialize` (accelerate's `prepare`) with the `mpu` that describes `group`: DeepSpeed's uneven-head
+    all-to-all reads the rank from there.
+
     Args:
         model: the LaCT transformer, not wrapped (DeepSpeed's engine may wrap it afterwards; the hooks stay).
         group: a `torch.distributed` process group of `P >= 1` ranks; `torch.distributed` must be initialised.
 
     Raises:
+        TypeError: `model` is not a `LaCTWanTransformer3DModel` (a wrapper, say).
         ValueError: already enabled; or `P` exceeds the attention heads; or it does not divide them and DeepSpeed's
             own sequence-parallel group is not `group` (its uneven-head all-to-all reads its rank from there).
     """
     # 1. Checks
+    if not isinstance(model, LaCTWanTransformer3DModel):
+        raise TypeError(
+            f"enable_sequence_parallel takes the LaCTWanTransformer3DModel itself; got a {type(model).__name__} "
+            "(unwrap it first, e.g. `accelerator.unwrap_model(model)`)."
+        )
     if isinstance(model.blocks[0].attn1.processor, UlyssesAttnProcessor):
         raise ValueError(
             "Sequence parallelism is already enabled on this model; call disable_sequence_parallel first."
