@@ -382,7 +382,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         # A text, a batch of texts, or a schedule of them (pipelines/prompt_schedule.py); an empty negative text is
         # Wan's default.
         schedule_entries(prompt, "prompt")
-        schedule_entries(negative_prompt, "negative_prompt", allow_empty=True)
+        schedule_entries(negative_prompt, "negative_prompt", negative=True)
 
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
@@ -596,7 +596,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         k, t = self.transformer.config.chunk_frames, self.vae_scale_factor_temporal
         schedule = PromptSchedule.from_argument(settings.prompt, settings.prompt_embeds, "prompt", k, t)
         negative_schedule = PromptSchedule.from_argument(
-            settings.negative_prompt or "", settings.negative_prompt_embeds, "negative_prompt", k, t, allow_empty=True
+            settings.negative_prompt or "", settings.negative_prompt_embeds, "negative_prompt", k, t, negative=True
         )
         batch_size = schedule.batch_size
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)

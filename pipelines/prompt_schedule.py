@@ -51,16 +51,16 @@ def _check_text(text, name: str, frame: int, allow_empty: bool) -> int:
     return len(texts)
 
 
-def schedule_entries(
-    prompt: PromptArgument | None, name: str, allow_empty: bool = False
-) -> list[tuple[int, PromptText]]:
+def schedule_entries(prompt: PromptArgument | None, name: str, negative: bool = False) -> list[tuple[int, PromptText]]:
     """A prompt argument's `(frame, text)` entries, checked; a plain text or batch is `[(0, prompt)]`, `None` is `[]`.
+    A `negative` prompt's texts may be empty (Wan's default negative prompt is ""), and its `str` entries serve
+    every prompt of a batch.
 
     Raises:
         ValueError: a type that is neither a text, a list of texts, a mapping nor (frame, text) pairs (the message
             of `WanPipeline.check_inputs`).
         ConfigError: naming the entry, for a frame that is not an integer >= 0, a schedule that does not start at
-            frame 0 or is out of order, an empty text (unless `allow_empty`), or batches of different sizes.
+            frame 0 or is out of order, an empty text (but for a `negative` prompt), or batches of different sizes.
     """
     if prompt is None:
         return []
@@ -78,7 +78,9 @@ def schedule_entries(
     for frame, text in entries:
         if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
             raise ConfigError(f"`{name}`: schedule frames are video frame indices (integers >= 0), got {frame!r}.")
-        sizes[frame] = _check_text(text, name, frame, allow_empty)
+        size = _check_text(text, name, frame, allow_empty=negative)
+        if not (negative and isinstance(text, str)):
+            sizes[frame] = size
     frames = [frame for frame, _ in entries]
     if frames[0] != 0:
         raise ConfigError(
@@ -129,18 +131,18 @@ class PromptSchedule:
         name: str,
         chunk_frames: int,
         temporal_factor: int,
-        allow_empty: bool = False,
+        negative: bool = False,
     ) -> PromptSchedule:
         """The schedule of a `prompt` argument, its frames rounded to chunk starts (with a warning naming the frame
         asked and the frame used), or the one entry of caller-supplied `embeds` (B, L, D).
 
         Raises:
-            ConfigError: as `schedule_entries`, and when two entries round to the same chunk.
+            ConfigError: as `schedule_entries` (`negative` as there), and when two entries round to the same chunk.
         """
         if embeds is not None:
             return cls((0,), (embeds,))
         starts, values, frames = [], [], []
-        for frame, text in schedule_entries(prompt, name, allow_empty):
+        for frame, text in schedule_entries(prompt, name, negative):
             chunk = _nearest_chunk(frame, chunk_frames, temporal_factor)
             used = first_frame_of_chunk(chunk, chunk_frames, temporal_factor)
             chunk_starts = (
