@@ -136,11 +136,12 @@ class _GenerationSettings:
 
 @dataclass(frozen=True)
 class _EncodedPrompt:
-    """A video's prompt as the transformer takes it, through every call of the video.
+    """A prompt as the transformer takes it (a plain prompt, or one entry of a schedule with the negative entry
+    in force beside it: `ScheduledPrompts`), through every call of its chunks.
 
     `embeds` and `negative_embeds` (B, L, D) are what callbacks see and may replace. `text_context`, their
-    cross-attention keys and values, is projected by the video's first transformer call and handed back for
-    every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
+    cross-attention keys and values, is projected by the first transformer call with this prompt and handed back
+    for every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
     again after a callback replaced the embeddings.
     """
 
