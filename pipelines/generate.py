@@ -6,6 +6,12 @@
 `DIR` is a LaCT pipeline folder (exported by finetune/finetune.py, or `save_pretrained`), or a plain
 Wan2.1 diffusers folder with `--from_wan` (patched, untrained: window attention only; `--lact KEY=VALUE`
 sets the LaCT config, e.g. `--lact fw_head_dim=128 --lact chunk_frames=2`).
+
+Switch prompts inside the video with `--prompt_at FRAME TEXT` (repeatable): `--prompt` holds from frame 0, each
+TEXT from its video FRAME on, rounded to the nearest chunk start (`--negative_prompt_at` likewise):
+
+    python scripts/generate.py --model DIR --prompt "a cat walks on the grass" \\
+        --prompt_at 97 "the cat jumps onto a wall" --num_frames 189 --output cat.mp4
 """
 
 import argparse
@@ -17,9 +23,11 @@ import torch
 import yaml
 
 import lact_video
+from lact_video.errors import exit_on_config_error
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 
 from .pipeline_lact_video import LaCTVideoPipeline
+from .prompt_schedule import schedule_entries
 from .streaming import CONTAINER_CODECS, container_codec
 
 
@@ -36,6 +44,34 @@ def parse_lact_options(items: list[str], parser: argparse.ArgumentParser) -> dic
         except yaml.YAMLError as error:
             parser.error(f"--lact {item!r}: the value is not valid YAML ({error.problem}), e.g. lact_blocks=[0, 1]")
     return config
+
+
+def prompt_schedule(text: str | None, switches: list[list[str]], flag: str, parser: argparse.ArgumentParser):
+    """`--prompt TEXT` and its `--prompt_at FRAME TEXT` switches (`flag` names them) -> the pipeline's prompt: the
+    text alone, or a schedule {0: TEXT, FRAME: TEXT, ...} by increasing frame, checked before any model loads
+    (`pipelines.prompt_schedule`). Frames round to chunk starts later, in the pipeline, which knows the chunks.
+
+    Raises:
+        ConfigError: for an empty text or a frame given twice (the command prints it as one line).
+    """
+    if not switches:
+        return text
+    base = flag.removesuffix("_at")
+    if text is None and base == "--prompt":
+        parser.error(f"{flag} FRAME TEXT switches from the {base} text: give {base} (the text from frame 0) too")
+    schedule = {0: "" if text is None else text}  # no --negative_prompt: Wan's empty negative prompt
+    for frame, switch in switches:
+        if not frame.isdigit():
+            parser.error(f"{flag} {frame!r} {switch!r}: FRAME must be a video frame index (an integer >= 0)")
+        if int(frame) in schedule:
+            parser.error(
+                f"{flag} {frame}: frame {frame} already has a text"
+                + (f" ({base} holds from frame 0)" if frame == "0" else "")
+            )
+        schedule[int(frame)] = switch
+    schedule = dict(sorted(schedule.items()))
+    schedule_entries(schedule, flag, negative=base == "--negative_prompt")
+    return schedule
 
 
 def check_output(output: str, parser: argparse.ArgumentParser) -> None:
@@ -73,8 +109,18 @@ def main(argv=None) -> None:
         metavar="KEY=VALUE",
         help="with --from_wan, a LaCT config key (repeatable; the model's defaults otherwise)",
     )
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", help="the prompt (from frame 0 when --prompt_at switches later)")
     parser.add_argument("--negative_prompt", default=None)
+    for name in ("prompt", "negative_prompt"):
+        parser.add_argument(
+            f"--{name}_at",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("FRAME", "TEXT"),
+            help=f"switch the {name.replace('_', ' ')} to TEXT from video frame FRAME on, rounded to the nearest "
+            "chunk start (repeatable)",
+        )
     parser.add_argument("--num_frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -101,7 +147,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.lact and not args.from_wan:
         parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
+    if args.prompt is None and not args.prompt_at:
+        parser.error("the following arguments are required: --prompt")
     check_output(args.output, parser)
+    with exit_on_config_error():  # a bad schedule, also one found by the pipeline, is one line
+        generate(args, parser)
+
+
+def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Load the model and write the video, as `args` say (see `main`)."""
+    prompt = prompt_schedule(args.prompt, args.prompt_at, "--prompt_at", parser)
+    negative_prompt = prompt_schedule(args.negative_prompt, args.negative_prompt_at, "--negative_prompt_at", parser)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -116,8 +172,8 @@ def main(argv=None) -> None:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
     start = time.perf_counter()
     out = pipe(
-        args.prompt,
-        negative_prompt=args.negative_prompt,
+        prompt,
+        negative_prompt=negative_prompt,
         num_frames=args.num_frames,
         height=args.height,
         width=args.width,

@@ -47,6 +47,7 @@ from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
 
 from .lora import LaCTLoraLoaderMixin
+from .prompt_schedule import PromptArgument, PromptSchedule, PromptText, ScheduledPrompts, schedule_entries
 from .streaming import (
     VideoStreamWriter,
     VideoWriteError,
@@ -108,8 +109,8 @@ class _GenerationSettings:
     """The arguments of one `LaCTVideoPipeline.__call__` or `stream` call but `return_dict`, defaults applied
     (documented in `__call__`): everything one generation needs, collected once."""
 
-    prompt: str | list[str] | None
-    negative_prompt: str | list[str] | None
+    prompt: PromptArgument | None
+    negative_prompt: PromptArgument | None
     height: int
     width: int
     num_frames: int
@@ -135,11 +136,12 @@ class _GenerationSettings:
 
 @dataclass(frozen=True)
 class _EncodedPrompt:
-    """A video's prompt as the transformer takes it, through every call of the video.
+    """A prompt as the transformer takes it (a plain prompt, or one entry of a schedule with the negative entry
+    in force beside it: `ScheduledPrompts`), through every call of its chunks.
 
     `embeds` and `negative_embeds` (B, L, D) are what callbacks see and may replace. `text_context`, their
-    cross-attention keys and values, is projected by the video's first transformer call and handed back for
-    every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
+    cross-attention keys and values, is projected by the first transformer call with this prompt and handed back
+    for every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
     again after a callback replaced the embeddings.
     """
 
@@ -378,12 +380,10 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             raise ValueError(
                 "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
             )
-        elif prompt is not None and (not isinstance(prompt, str) and not isinstance(prompt, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        elif negative_prompt is not None and (
-            not isinstance(negative_prompt, str) and not isinstance(negative_prompt, list)
-        ):
-            raise ValueError(f"`negative_prompt` has to be of type `str` or `list` but is {type(negative_prompt)}")
+        # A text, a batch of texts, or a schedule of them (pipelines/prompt_schedule.py); an empty negative text is
+        # Wan's default.
+        schedule_entries(prompt, "prompt")
+        schedule_entries(negative_prompt, "negative_prompt", negative=True)
 
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
@@ -592,38 +592,31 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
         device = self._execution_device
 
-        # 2. Define call parameters, and check the output files before any work
-        if settings.prompt is not None and isinstance(settings.prompt, str):
-            batch_size = 1
-        elif settings.prompt is not None and isinstance(settings.prompt, list):
-            batch_size = len(settings.prompt)
-        else:
-            batch_size = settings.prompt_embeds.shape[0]
+        # 2. Define call parameters, and check the output files before any work. Every prompt is a schedule by
+        # absolute chunk index (one entry for a plain text); its frames round to chunk starts here.
+        k, t = self.transformer.config.chunk_frames, self.vae_scale_factor_temporal
+        schedule = PromptSchedule.from_argument(settings.prompt, settings.prompt_embeds, "prompt", k, t)
+        negative_schedule = PromptSchedule.from_argument(
+            settings.negative_prompt or "", settings.negative_prompt_embeds, "negative_prompt", k, t, negative=True
+        )
+        batch_size = schedule.batch_size
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
         num_videos = batch_size * settings.num_videos_per_prompt
         paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
 
-        # 3. Encode input prompt; embeddings the caller supplied get the rows and length of encoded ones
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt,
-            prompt_embeds=settings.prompt_embeds,
-            negative_prompt_embeds=settings.negative_prompt_embeds,
-            device=device,
-            do_classifier_free_guidance=self.do_classifier_free_guidance,
-            num_videos_per_prompt=settings.num_videos_per_prompt,
-            max_sequence_length=settings.max_sequence_length,
-        )
-        if settings.prompt_embeds is not None:
-            prompt_embeds = _rows_per_video(prompt_embeds, batch_size, settings.num_videos_per_prompt)
-        if not self.do_classifier_free_guidance:
-            negative_prompt_embeds = None  # one the caller supplied is not used without guidance
-        elif settings.negative_prompt_embeds is not None:
-            negative_prompt_embeds = _rows_per_video(
-                negative_prompt_embeds, batch_size, settings.num_videos_per_prompt
-            )
+        # 3. Encode input prompt: every schedule entry in force in this video once, as `encode_prompt` does, and
+        # embeddings the caller supplied get the rows and length of encoded ones. The negative prompt is not used
+        # without guidance.
         transformer_dtype = self.transformer.dtype
-        prompt = _EncodedPrompt(*_same_length(prompt_embeds, negative_prompt_embeds, device, transformer_dtype))
+        prompts = ScheduledPrompts(
+            schedule,
+            negative_schedule if self.do_classifier_free_guidance else None,
+            range(num_chunks),
+            lambda value: self._embed_prompt(value, settings, batch_size, device),
+            lambda embeds, negative_embeds: _EncodedPrompt(
+                *_same_length(embeds, negative_embeds, device, transformer_dtype)
+            ),
+        )
 
         # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of
         # callback calls) is chunks x steps.
@@ -664,12 +657,16 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                     # 6a. This chunk's noise (B, C, k, h, w), drawn only now
                     latents = next(chunk_noise)
 
-                    # 6b. Denoise against the state (which the denoising passes do not change)
+                    # 6b. Denoise against the state (which the denoising passes do not change), with the prompt
+                    # scheduled at this absolute chunk index
+                    prompt = prompts.at(chunk_index)
                     latents, prompt = self._denoise_chunk(latents, state, prompt, settings, chunk_index, progress_bar)
 
-                    # 6c. Commit the finished chunk. The last chunk has no successor, so its commit is skipped.
+                    # 6c. Commit the finished chunk with the prompt that generated it. The last chunk has no
+                    # successor, so its commit is skipped.
                     if chunk_index < num_chunks - 1 and not self.interrupt:
                         state, prompt = self._commit_chunk(latents, state, prompt)
+                    prompts.update(chunk_index, prompt)  # its projection, or a callback's replacement, carries on
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
                     if writers:
@@ -817,6 +814,16 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         self.maybe_free_model_hooks()
         return frames
 
+    def _embed_prompt(
+        self, value: PromptText | torch.Tensor, settings: _GenerationSettings, batch_size: int, device: torch.device
+    ) -> torch.Tensor:
+        """One prompt schedule entry as (B, L, D) embeddings, one row per video (`batch_size` prompts times
+        `num_videos_per_prompt`): texts through the text encoder as `encode_prompt` encodes them, embeddings the
+        caller supplied repeated (`_rows_per_video`)."""
+        if isinstance(value, torch.Tensor):
+            return _rows_per_video(value, batch_size, settings.num_videos_per_prompt)
+        return self._get_t5_prompt_embeds(value, settings.num_videos_per_prompt, settings.max_sequence_length, device)
+
     def _guidance_rows(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, k, h, w) latents -> the transformer's input (rows, C, k, h, w) in its dtype.
 
@@ -863,8 +870,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str] = None,
-        negative_prompt: str | list[str] = None,
+        prompt: PromptArgument = None,
+        negative_prompt: PromptArgument = None,
         height: int = 480,
         width: int = 832,
         num_frames: int = 81,
@@ -887,10 +894,17 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         Generate videos chunk by chunk (see `stream` for the chunk-wise generator).
 
         Args:
-            prompt (`str` or `list[str]`, *optional*):
+            prompt (`str`, `list[str]`, or a schedule, *optional*):
                 The prompt or prompts to guide the video generation. If not defined, pass `prompt_embeds` instead.
-            negative_prompt (`str` or `list[str]`, *optional*):
-                The prompt or prompts to avoid. Ignored when not using guidance (`guidance_scale` <= 1).
+                A schedule switches prompts inside the video: a mapping from video frames to prompts,
+                `{0: "a cat walks on the grass", 97: "the cat jumps onto a wall"}`, or a list of such
+                `(frame, prompt)` pairs, from frame 0 on in increasing order; a prompt may be a list (one per video
+                of the batch, the same frames for all). Frames round to the nearest chunk start, with a warning;
+                two entries in one chunk, an empty prompt or a schedule out of order raise `ValueError`
+                (`pipelines.prompt_schedule`; docs/design.md, Sec. 3.5).
+            negative_prompt (`str`, `list[str]`, or a schedule, *optional*):
+                The prompt or prompts to avoid, or a schedule of them with its own frames (empty texts allowed).
+                Ignored when not using guidance (`guidance_scale` <= 1).
             height (`int`, defaults to `480`), width (`int`, defaults to `832`):
                 The video size in pixels; multiples of 16.
             num_frames (`int`, defaults to `81`):
@@ -919,7 +933,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 in all, as `callback_on_step_end(self, step, timestep, callback_kwargs)`. `step` counts over the
                 whole video (`chunk * steps + i`; `self.current_chunk` tells the chunk), and the `"latents"` in
                 `callback_kwargs` are the current chunk's, (B, C, k, h, w). Setting `pipe._interrupt = True` ends
-                the current chunk at that step (it is still decoded) and starts no further chunk.
+                the current chunk at that step (it is still decoded) and starts no further chunk. Returned
+                `prompt_embeds` (`negative_prompt_embeds`) replace the current schedule entry's for the rest of its
+                chunks; the next entry starts from its own prompt.
             callback_on_step_end_tensor_inputs (`list`, *optional*):
                 Tensors passed in `callback_kwargs`: any of `._callback_tensor_inputs`.
             max_sequence_length (`int`, defaults to `512`):
