@@ -1,16 +1,21 @@
-"""Saving the generation state to a file and loading it in another process, bit for bit (docs/design.md, Sec. 3.5).
+"""The state file: a `LaCTState` and a VAE decoder cache in safetensors, read back bit for bit in another process
+(docs/design.md, Sec. 3.5). `pipelines.generation_state` builds the generation state on it.
 
 One safetensors file holds every tensor of a `LaCTState` (each block's window keys/values, fast weights and
-momentum) and of a `WanStreamingDecoder.feat_cache`, under systematic names. Everything else is JSON in the
-file's metadata: the layout (which entries are `None`, which VAE cache slots are markers such as `"Rep"`), the
-model config the state belongs to, the lact_video version, and the caller's header. No pickle: loading runs no
-code from the file.
+momentum), of a `WanStreamingDecoder.feat_cache` and the caller's other tensors, under systematic names.
+Everything else is JSON in the file's metadata: the layout (which entries are `None`, which VAE cache slots are
+markers such as `"Rep"`), the format version, the lact_video version, and the caller's header. No pickle:
+loading runs no code from the file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pathlib
+import tempfile
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,28 +31,41 @@ _LAYER_FIELDS = ("key", "value", "fast_weights", "momentum")
 
 
 class StateFileError(ValueError):
-    """A state file cannot be read or does not belong to the model it is loaded into; the message says why."""
+    """A file that cannot be read as a state file: not safetensors, not ours, or of a newer format."""
 
 
-def state_header(model: torch.nn.Module, **fields) -> dict:
-    """The header `save_state` needs: `model`'s public config (base and LaCT keys) and this package's version,
-    plus the caller's JSON-serialisable `fields` (e.g. the next chunk index)."""
-    return {"model_config": _public_config(model), "lact_video_version": __version__, **fields}
+class StateFile(NamedTuple):
+    """What `load_state` reads: the LaCT state and the VAE decoder cache (tensors on the CPU), the caller's JSON
+    header, and the caller's other tensors by name."""
+
+    lact_state: LaCTState
+    decoder_cache: list | None
+    header: dict
+    tensors: dict[str, torch.Tensor]
 
 
-def save_state(path: str | os.PathLike, *, lact_state: LaCTState, decoder_cache: list | None, header: dict) -> None:
-    """Write `lact_state` and `decoder_cache` (a `WanStreamingDecoder.feat_cache`, or `None`) to one file.
+def save_state(
+    path: str | os.PathLike,
+    *,
+    lact_state: LaCTState,
+    decoder_cache: list | tuple | None,
+    header: dict,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """Write `lact_state`, `decoder_cache` (a `WanStreamingDecoder.feat_cache`, or `None`), the JSON `header` and
+    the caller's other `tensors` to one file, atomically: the file is written under a temporary name beside
+    `path` and renamed over it, so a failed save leaves an earlier file at `path` as it was.
 
     Tensor names: `lact.{block}.{key|value}`, `lact.{block}.{fast_weights|momentum}.{w0|w1|w2}`,
-    `vae.feat_cache.{slot}`. Tensors keep their dtype; they are read back on the CPU.
+    `vae.feat_cache.{slot}`, and `extra.{name}` for `tensors`. Tensors keep their dtype; they are read back on
+    the CPU.
 
     Raises:
-        StateFileError: `header` lacks `model_config` (build it with `state_header`), or is not JSON.
+        StateFileError: `header` is not JSON-serialisable.
         TypeError: a cache slot is neither a tensor, `None` nor a string marker.
+        OSError: the file cannot be written (an earlier file at `path` is kept).
     """
-    if "model_config" not in header:
-        raise StateFileError("The state header has no `model_config`: build it with `state_header(model, ...)`.")
-    tensors: dict[str, torch.Tensor] = {}
+    tensors = {f"extra.{name}": _contiguous_copy(t) for name, t in (tensors or {}).items()}
     layers = []
     for i, layer in enumerate(lact_state.layers):
         entry = {}
@@ -75,18 +93,25 @@ def save_state(path: str | os.PathLike, *, lact_state: LaCTState, decoder_cache:
         metadata = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
+            "lact_video_version": __version__,
             "layout": json.dumps(layout),
             "header": json.dumps(header),
         }
     except TypeError as error:
         raise StateFileError(f"The state header must be JSON-serialisable: {error}") from error
-    save_file(tensors, str(path), metadata=metadata)
+    path = pathlib.Path(path)
+    # The temporary file sits in the target's folder, so the rename stays on one file system (and is atomic).
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
+        temporary = pathlib.Path(file.name)
+    try:
+        save_file(tensors, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
-def load_state(path: str | os.PathLike) -> tuple[LaCTState, list | None, dict]:
-    """Read a file of `save_state`: `(lact_state, decoder_cache, header)`, tensors on the CPU, bit-identical.
-
-    Check the header against the model with `check_state_matches` before using the state.
+def load_state(path: str | os.PathLike) -> StateFile:
+    """Read a file of `save_state`, tensors on the CPU, bit-identical.
 
     Raises:
         StateFileError: the file is not a safetensors file, not a lact-video state, or of a newer format.
@@ -120,34 +145,20 @@ def load_state(path: str | os.PathLike) -> tuple[LaCTState, list | None, dict]:
     cache = layout["decoder_cache"]
     if cache is not None:
         cache = [tensors[slot["tensor"]] if isinstance(slot, dict) else slot for slot in cache]
-    return lact_state, cache, json.loads(metadata["header"])
+    extra = {name.removeprefix("extra."): t for name, t in tensors.items() if name.startswith("extra.")}
+    return StateFile(lact_state, cache, json.loads(metadata["header"]), extra)
 
 
-def check_state_matches(header: dict, model: torch.nn.Module) -> None:
-    """Refuse a state saved for another model: every public config key (base and LaCT) must be equal.
-
-    Raises:
-        StateFileError: naming each differing key with the saved and the current value.
-    """
-    saved, current = header["model_config"], _public_config(model)
-    differing = [
-        f"{key}: saved {saved.get(key, '(absent)')!r}, this model {current.get(key, '(absent)')!r}"
-        for key in sorted(saved.keys() | current.keys())
-        if saved.get(key) != current.get(key)
-    ]
-    if differing:
-        raise StateFileError(
-            "The saved state belongs to a model with another config; load the model it was saved with. "
-            "Differing keys: " + "; ".join(differing)
-        )
-
-
-def _public_config(model: torch.nn.Module) -> dict:
-    """`model.config` without diffusers' private `_` keys, as JSON reads it back (enums as their strings)."""
-    return json.loads(json.dumps({k: v for k, v in model.config.items() if not k.startswith("_")}))
+def public_config(module: torch.nn.Module) -> dict:
+    """`module.config` without diffusers' private `_` keys, as JSON reads it back (enums as their strings)."""
+    return json.loads(json.dumps({k: v for k, v in module.config.items() if not k.startswith("_")}))
 
 
 def _put(tensors: dict[str, torch.Tensor], name: str, tensor: torch.Tensor) -> str:
-    # A copy: safetensors refuses tensors that share storage (views of one buffer) and non-contiguous ones.
-    tensors[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
+    tensors[name] = _contiguous_copy(tensor)
     return name
+
+
+def _contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
+    # A copy: safetensors refuses tensors that share storage (views of one buffer) and non-contiguous ones.
+    return tensor.detach().clone(memory_format=torch.contiguous_format)
