@@ -6,6 +6,7 @@ before it: a state restored wrongly changes the later chunks.
 """
 
 import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -29,8 +30,9 @@ from pipelines import (
     generation_state,
     state_io,
 )
+from pipelines import generate as generate_module
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SIZE, K = 32, 2  # 4x4 latents; chunk_frames
 LACT_CONFIG = dict(chunk_frames=K, fw_head_dim=12, use_momentum=True)
 PROMPT, NEGATIVE = "a cat walks across a sunny kitchen floor", "blurry"
@@ -65,6 +67,14 @@ def pipe(tiny_wan_dir):
     pipe.transformer = lact_transformer(tiny_wan_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def model_dir(pipe, tmp_path_factory):
+    """The pipeline saved, for other processes and the command line."""
+    path = tmp_path_factory.mktemp("model") / "lact"
+    pipe.save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +146,10 @@ RESUME_SCRIPT = textwrap.dedent(
 ).format(prompt=PROMPT, negative=NEGATIVE, size=SIZE, new=NEW_CHUNK_FRAMES)
 
 
-def test_two_calls_in_two_processes_equal_one_call_bit_for_bit(pipe, one_call, tmp_path):
+def test_two_calls_in_two_processes_equal_one_call_bit_for_bit(pipe, model_dir, one_call, tmp_path):
     """2 chunks, save, a NEW PROCESS loads the pipeline and the state, 2 more chunks: frames and latents equal those
     of the one-call video (guidance on: both rows' states travel)."""
     frames, latents, _ = one_call
-    pipe.save_pretrained(tmp_path / "model")
     first_frames = pipe(**call_kwargs(num_frames=frames_for(2), output_type="pt", return_state=True))
     first_latents = pipe(**call_kwargs(num_frames=frames_for(2), output_type="latent", return_state=True))
     first_frames.state.save(tmp_path / "decoded.safetensors")
@@ -148,7 +157,10 @@ def test_two_calls_in_two_processes_equal_one_call_bit_for_bit(pipe, one_call, t
 
     script = tmp_path / "resume.py"
     script.write_text(RESUME_SCRIPT)
-    paths = [tmp_path / name for name in ("model", "decoded.safetensors", "latent.safetensors", "out.safetensors")]
+    paths = [
+        model_dir,
+        *(tmp_path / name for name in ("decoded.safetensors", "latent.safetensors", "out.safetensors")),
+    ]
     done = subprocess.run(
         [sys.executable, str(script), *map(str, paths)],
         cwd=REPO,
@@ -354,3 +366,50 @@ def test_a_cuda_generator_is_restored_on_its_device():
     assert torch.equal(
         torch.randn(4, generator=restored[0], device="cuda"), torch.randn(4, generator=generator, device="cuda")
     )
+
+
+# The command line
+
+
+def cli_args(model_dir, output, *options):
+    return ["--model", str(model_dir), "--prompt", PROMPT, "--negative_prompt", NEGATIVE, "--height", str(SIZE),
+            "--width", str(SIZE), "--steps", "2", "--max_sequence_length", "16", "--output", str(output), *options]  # fmt: skip
+
+
+def test_generate_script_saves_and_resumes_the_state(model_dir, one_call, tmp_path, capsys):
+    """Two runs of scripts/generate.py, 2 chunks with --save_state, then 2 more with --resume_state: the second
+    file holds the new frames, and the state after it is the one-call video's, bit for bit."""
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    generate_module.main(
+        cli_args(model_dir, tmp_path / "a.mp4", "--num_frames", str(frames_for(2)), "--save_state", str(first))
+    )
+    assert f"Saved the state after chunk 2 to {first}" in capsys.readouterr().out
+    options = ("--num_frames", str(2 * NEW_CHUNK_FRAMES), "--resume_state", str(first), "--save_state", str(second))
+    generate_module.main(cli_args(model_dir, tmp_path / "b.mp4", *options))
+    assert f"Wrote {tmp_path / 'b.mp4'} ({2 * NEW_CHUNK_FRAMES} frames" in capsys.readouterr().out
+    assert_same_state(LaCTGenerationState.load(second), one_call[2])
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--resume_state", "{tmp}/missing.safetensors"], "--resume_state {tmp}/missing.safetensors: no such file"),
+        (["--resume_state", "{tmp}/notes.txt"], "--resume_state: {tmp}/notes.txt is not a readable safetensors file"),
+        (["--save_state", "/proc/nope/s.safetensors"], "--save_state /proc/nope/s.safetensors: cannot write in"),
+    ],
+)
+def test_generate_script_refuses_bad_state_files_before_loading_a_model(tmp_path, capsys, monkeypatch, options, named):
+    monkeypatch.setattr(generate_module.LaCTVideoPipeline, "from_pretrained", pytest.fail)  # no model may load
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SystemExit) as exited:
+        generate_module.main(cli_args(tmp_path, tmp_path / "v.mp4", *(o.format(tmp=tmp_path) for o in options)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and named.format(tmp=tmp_path) in err[-1]  # argparse: usage, then the error
+
+
+def test_generate_script_refuses_a_state_of_another_size_in_one_line(model_dir, saved, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        generate_module.main(cli_args(model_dir, tmp_path / "v.mp4", "--resume_state", str(saved), "--height", "48"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and f"--resume_state {saved}: The generation state does not fit" in err[-1]
+    assert "height: state 32, this call 48" in err[-1] and not (tmp_path / "v.mp4").exists()
