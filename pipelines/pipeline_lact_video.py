@@ -542,7 +542,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
     @property
     def current_chunk(self):
-        """Index of the chunk being denoised (`None` outside generation)."""
+        """Index of the chunk being denoised, counted from the video's first chunk (after a `state=`, its chunks
+        included); `None` outside generation."""
         return self._current_chunk
 
     @property
