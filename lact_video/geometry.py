@@ -145,7 +145,7 @@ def first_frame_of_chunk(chunk: int, chunk_frames: int, temporal_factor: int = V
 
     Chunk 0 holds the frames [0, t k - (t - 1)) (the VAE encodes the first frame alone), every later chunk
     the next `t k` frames, so chunk c >= 1 starts at `t k c - (t - 1)`: the frames decoded from the c chunks
-    before it (`video_num_frames(c k)`). docs/design.md, Sec. 3.5.
+    before it (`video_num_frames(c k)`). docs/design.md, Sec. 3.7.
 
     Raises:
         ValueError: when `chunk` is negative.

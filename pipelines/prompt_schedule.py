@@ -7,7 +7,7 @@ may be a list of texts, one per prompt of the batch (a batch of schedules with t
 the nearest chunk start (`lact_video.geometry.first_frame_of_chunk`), with a warning, and the chunk with absolute
 index c is denoised, and committed, with the entry in force at c. Each entry is encoded once, and each prompt
 (an entry of the positive and of the negative schedule) projected to `text_context` once. docs/design.md,
-Sec. 3.5 says why the memory needs no recomputation at a switch.
+Sec. 3.7 says why the memory needs no recomputation at a switch.
 """
 
 from __future__ import annotations

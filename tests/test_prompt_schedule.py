@@ -1,4 +1,4 @@
-"""Prompt schedules (`pipelines.prompt_schedule`, docs/design.md Sec. 3.5) on the tiny model with its memory open:
+"""Prompt schedules (`pipelines.prompt_schedule`, docs/design.md Sec. 3.7) on the tiny model with its memory open:
 a switch leaves the chunks before it as they were and carries the memory on; each entry is encoded and projected
 once; bad schedules raise; the command line's `--prompt_at`."""
 
