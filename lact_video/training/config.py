@@ -141,6 +141,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # Recompute each block's activations in the backward pass: less memory, more compute.
     gradient_checkpointing: bool = False
+    # Processes that share one clip, each holding 1/S of its tokens (Ulysses sequence parallelism): activations per
+    # process fall about 1/S. Divides the number of processes; data parallelism is processes / S.
+    sequence_parallel_size: int = 1
     # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
     mixed_precision: str = "auto"
     # Save an atomic checkpoint every this many optimizer steps (and at the end).
@@ -589,6 +592,7 @@ def _check_train(config: FinetuneConfig) -> None:
         "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train.checkpointing_steps": train.checkpointing_steps,
         "train.logging_steps": train.logging_steps,
+        "train.sequence_parallel_size": train.sequence_parallel_size,
         "model.lact.num_repeat": config.model.lact.num_repeat,
     }
     _require({key: (value, value >= 1, "must be 1 or more") for key, value in at_least_one.items()})
