@@ -5,7 +5,7 @@
     python tests/sp_gradients.py --config configs/tiny.yaml ...      # one process, no DeepSpeed
 
 Writes `train.output_dir/gradients.pt` (main process): {"loss": the logged (process-mean) loss, "grads":
-{name: full gradient, float32}} after `trainer.forward_backward` of the first micro-batch, before any optimizer
+{name: full gradient, float32}} of the model with its memory opened (`lact_video.testing.open_memory`) after `trainer.forward_backward` of the first micro-batch, before any optimizer
 step. Under ZeRO-3 the gradients are read with `deepspeed.utils.safe_get_full_grad` (collective: every rank calls
 it for every parameter).
 """
@@ -14,6 +14,7 @@ import pathlib
 
 import torch
 
+from lact_video.testing import open_memory
 from lact_video.training import trainer
 from lact_video.training.distributed import parallel_layout
 from lact_video.training.trainable import set_trainable
@@ -33,6 +34,11 @@ def main(argv=None) -> None:
     layout = parallel_layout(accelerator, config.train.sequence_parallel_size)
     datasets = trainer.make_datasets(config)
     models = trainer.load_models(config, accelerator, encode_on_the_fly=config.data.cache_dir is None)
+    # At initialisation the memory's gate is 0 and its parameters get no gradient: open it (the same on every rank).
+    noise = dict.fromkeys(["lr_proj.weight", "gate_proj.weight", "qk_scale", "qk_offset"], 0.3)
+    open_memory(
+        models.transformer, generator=torch.Generator().manual_seed(0), noise=noise, rate=0.3, momentum_bias=1.0
+    )
     set_trainable(models.transformer, config.model.trainable, config.model.lora)
     if layout.group is not None:
         trainer.enable_sequence_parallel(models.transformer, layout.group)

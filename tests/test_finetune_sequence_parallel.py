@@ -12,7 +12,18 @@ import sys
 
 import pytest
 import torch
-from test_finetune import REPO, TINY, ZERO3_CPU, _free_port, launch_env, metrics, run
+from test_finetune import (
+    REPO,
+    TINY,
+    ZERO3_CPU,
+    _free_port,
+    launch_env,
+    metrics,
+    run,
+)
+from test_finetune import cache as cache  # noqa: F401  (pytest fixtures, shared)
+from test_finetune import trainer as trainer  # noqa: F401
+from test_finetune import videos as videos  # noqa: F401
 
 import lact_video.training.trainer
 from lact_video.training.config import ConfigError
@@ -20,29 +31,9 @@ from lact_video.training.distributed import ParallelLayout
 from lact_video.training.sampling import ResumableSampler
 
 GRADIENTS = REPO / "tests" / "sp_gradients.py"
-# Momentum on and a window smaller than a chunk (8 tokens of the tiny clip), as issue 16's proof asks; fp32 on CPU.
-MODEL = ["model.lact.use_momentum=true", "model.lact.window_size=4", "train.report_to=none"]
-
-
-@pytest.fixture(scope="module")
-def trainer():
-    return lact_video.training.trainer
-
-
-@pytest.fixture(scope="module")
-def clips(tiny_wan_dir, tmp_path_factory):
-    """The latent cache of 4 synthetic clips (precompute), so that every run reads the same latents."""
-    from lact_video.data import precompute
-    from lact_video.data.demo_dataset import write_video_folder
-
-    videos = write_video_folder(tmp_path_factory.mktemp("videos"), num_synthetic=4, real=False)
-    out = tmp_path_factory.mktemp("cache")
-    precompute.main(
-        ["--pretrained_model_name_or_path", str(tiny_wan_dir), "--train_data_dir", str(videos),
-         "--output_dir", str(out), "--height", "32", "--width", "32", "--num_frames", "13", "--chunk_frames", "2",
-         "--max_sequence_length", "16"]
-    )  # fmt: skip
-    return out
+# Momentum on and a window smaller than a chunk, as issue 16's proof asks; fp32 on CPU. Chunks of one latent frame
+# (4 tokens) make 4 chunks of the tiny clip, so that the momentum gate shapes an update that later chunks read.
+MODEL = ["data.chunk_frames=1", "model.lact.use_momentum=true", "model.lact.window_size=2", "train.report_to=none"]
 
 
 # Fast
@@ -82,6 +73,24 @@ def test_a_size_that_does_not_divide_the_processes_is_refused_with_status_2(tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("size, refused", [(2, False), (4, False), (8, True), (5, True)])
+def test_size_must_divide_the_heads_and_the_tokens_of_a_chunk(size, refused):
+    """The 1.3B recipe: 12 heads, 4680 tokens per chunk (3 x 30 x 52): S = 2 and 4 fit; 8 splits no head count
+    evenly and 5 no chunk. Checked from the base's config.json, before any weights load."""
+    from lact_video.training.config import check_against_transformer, load_config
+    from lact_video.wan_configs import WAN21_T2V_CONFIGS
+
+    recipe = str(REPO / "configs" / "wan2.1-t2v-1.3b-lact.yaml")
+    config = load_config(["--config", recipe, "data.cache_dir=/c", f"train.sequence_parallel_size={size}"])
+    wan = WAN21_T2V_CONFIGS["Wan2.1-T2V-1.3B"]
+    if not refused:
+        check_against_transformer(config, wan)
+        return
+    with pytest.raises(ConfigError, match=f"sequence_parallel_size={size} must divide .* 12 attention heads and the 4680 "
+                       "tokens of a chunk .* use one of 1, 2, 3, 4, 6, 12"):  # fmt: skip
+        check_against_transformer(config, wan)
+
+
 def test_size_below_one_is_refused():
     from lact_video.training.config import load_config
 
@@ -110,17 +119,17 @@ def gradients(out: pathlib.Path, log: pathlib.Path, rc: int) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def launched_gradients(tmp_path, name, num_processes, base, clips, *overrides) -> dict:
+def launched_gradients(tmp_path, name, num_processes, base, cache, *overrides) -> dict:
     out, log = tmp_path / name, tmp_path / f"{name}.txt"
-    args = [f"model.pretrained_model_name_or_path={base}", f"data.cache_dir={clips}", f"train.output_dir={out}"]
+    args = [f"model.pretrained_model_name_or_path={base}", f"data.cache_dir={cache}", f"train.output_dir={out}"]
     rc = launch(log, GRADIENTS, num_processes, *args, *MODEL, *overrides)
     return gradients(out, log, rc)
 
 
-def one_process_gradients(tmp_path, base, clips, *overrides) -> dict:
+def one_process_gradients(tmp_path, base, cache, *overrides) -> dict:
     out, log = tmp_path / "one", tmp_path / "one.txt"
     command = [sys.executable, str(GRADIENTS), "--config", TINY, f"model.pretrained_model_name_or_path={base}",
-               f"data.cache_dir={clips}", f"train.output_dir={out}", *MODEL, *overrides]  # fmt: skip
+               f"data.cache_dir={cache}", f"train.output_dir={out}", *MODEL, *overrides]  # fmt: skip
     with open(log, "w") as stream:
         done = subprocess.run(
             command, cwd=REPO, env=launch_env(), stdout=stream, stderr=subprocess.STDOUT, timeout=300
@@ -130,7 +139,8 @@ def one_process_gradients(tmp_path, base, clips, *overrides) -> dict:
 
 def assert_gradients_match(a: dict, b: dict, rtol=1e-5):
     assert a["loss"] == pytest.approx(b["loss"], rel=rtol)
-    assert a["grads"].keys() == b["grads"].keys() and a["grads"]
+    assert a["grads"].keys() == b["grads"].keys()
+    assert all(grad.abs().max() > 0 for grad in b["grads"].values())  # every parameter is checked, the memory's too
     for name, grad in a["grads"].items():
         other = b["grads"][name]
         scale = other.abs().max().item()
@@ -139,28 +149,28 @@ def assert_gradients_match(a: dict, b: dict, rtol=1e-5):
 
 
 @pytest.mark.slow
-def test_sp2_under_zero3_gives_one_process_loss_and_gradients(tiny_wan_dir, clips, tmp_path):
+def test_sp2_under_zero3_gives_one_process_loss_and_gradients(tiny_wan_dir, cache, tmp_path):
     """2 processes, S = 2, ZeRO-3, one clip; against one process without DeepSpeed on the same clip."""
-    split = launched_gradients(tmp_path, "sp2", 2, tiny_wan_dir, clips, "train.sequence_parallel_size=2")
-    whole = one_process_gradients(tmp_path, tiny_wan_dir, clips)
+    split = launched_gradients(tmp_path, "sp2", 2, tiny_wan_dir, cache, "train.sequence_parallel_size=2")
+    whole = one_process_gradients(tmp_path, tiny_wan_dir, cache)
     assert_gradients_match(split, whole)
 
 
 @pytest.mark.slow
-def test_data2_x_sequence2_equals_data_parallel_2(tiny_wan_dir, clips, tmp_path):
+def test_data2_x_sequence2_equals_data_parallel_2(tiny_wan_dir, cache, tmp_path):
     """4 processes (data 2 x sequence 2) against 2 processes of data parallelism, both ZeRO-3."""
-    both = launched_gradients(tmp_path, "dp2sp2", 4, tiny_wan_dir, clips, "train.sequence_parallel_size=2")
-    data = launched_gradients(tmp_path, "dp2", 2, tiny_wan_dir, clips)
+    both = launched_gradients(tmp_path, "dp2sp2", 4, tiny_wan_dir, cache, "train.sequence_parallel_size=2")
+    data = launched_gradients(tmp_path, "dp2", 2, tiny_wan_dir, cache)
     assert_gradients_match(both, data)
 
 
 @pytest.mark.slow
-def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, clips, tmp_path):
+def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache, tmp_path):
     """`accelerate launch finetune/finetune.py ... train.sequence_parallel_size=2` (ZeRO-3, 2 processes): the
     per-step losses of metrics.jsonl equal one process's; the checkpoint records S and the export loads."""
     from lact_video import LaCTWanTransformer3DModel
 
-    common = [f"data.cache_dir={clips}", "train.max_train_steps=3", "train.checkpointing_steps=3", *MODEL]
+    common = [f"data.cache_dir={cache}", "train.max_train_steps=3", "train.checkpointing_steps=3", *MODEL]
     out, log = tmp_path / "sp2", tmp_path / "sp2.txt"
     rc = launch(log, REPO / "finetune" / "finetune.py", 2, f"model.pretrained_model_name_or_path={tiny_wan_dir}",
                 f"train.output_dir={out}", "train.sequence_parallel_size=2", *common)  # fmt: skip
