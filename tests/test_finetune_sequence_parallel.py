@@ -91,6 +91,17 @@ def test_size_must_divide_the_heads_and_the_tokens_of_a_chunk(size, refused):
         check_against_transformer(config, wan)
 
 
+def test_checkpoints_record_s_and_a_resume_may_change_it():
+    """A record without the field was written at S = 1; changing S changes the clips per optimizer step."""
+    from lact_video.training.provenance import Provenance, clips_per_step
+
+    assert Provenance.from_marker({"num_processes": 4}).sequence_parallel_size == 1
+    train = {"train": {"train_batch_size": 2, "gradient_accumulation_steps": 3}}
+    then = Provenance(8, "DEEPSPEED", 3, "bf16", "0.3.0", train, sequence_parallel_size=4)
+    assert clips_per_step(then) == 2 * 2 * 3  # 8 processes / S = 4: 2 data-parallel ranks
+    assert clips_per_step(Provenance.from_marker({**then.as_marker(), "sequence_parallel_size": 1})) == 8 * 2 * 3
+
+
 def test_size_below_one_is_refused():
     from lact_video.training.config import load_config
 
@@ -167,7 +178,8 @@ def test_data2_x_sequence2_equals_data_parallel_2(tiny_wan_dir, cache, tmp_path)
 @pytest.mark.slow
 def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache, tmp_path):
     """`accelerate launch finetune/finetune.py ... train.sequence_parallel_size=2` (ZeRO-3, 2 processes): the
-    per-step losses of metrics.jsonl equal one process's; the checkpoint records S and the export loads."""
+    per-step losses of metrics.jsonl equal one process's; the checkpoint records S, the export loads, and the run
+    resumes at S = 1."""
     from lact_video import LaCTWanTransformer3DModel
 
     common = [f"data.cache_dir={cache}", "train.max_train_steps=3", "train.checkpointing_steps=3", *MODEL]
@@ -186,3 +198,14 @@ def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache,
     info = json.loads((out / "train_info.json").read_text())
     assert (info["sequence_parallel_size"], info["data_parallel_size"]) == (2, 1)
     LaCTWanTransformer3DModel.from_pretrained(out / "transformer")
+
+    # Resumed on the same 2 processes at S = 1: ZeRO-3's shards and the EMA slices load; the step reads 2 clips.
+    resumed_log = tmp_path / "resumed.txt"
+    rc = launch(resumed_log, REPO / "finetune" / "finetune.py", 2, f"model.pretrained_model_name_or_path={tiny_wan_dir}",
+                f"train.output_dir={out}", "train.resume_from_checkpoint=latest", *common[:1],
+                "train.max_train_steps=4", *common[3:])  # fmt: skip
+    assert (out / "checkpoint-4").is_dir(), f"exit code {rc}; log tail:\n{resumed_log.read_text()[-4000:]}"
+    assert "train.sequence_parallel_size=2, this run uses 1: the clips per optimizer step go from 1 to 2" in (
+        resumed_log.read_text()
+    )
+    assert sorted(metrics(out)) == [1, 2, 3, 4]

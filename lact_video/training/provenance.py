@@ -60,9 +60,9 @@ class Provenance:
     distributed_type: str | None = None
     zero_stage: int | None = None  # DeepSpeed's ZeRO stage; None without DeepSpeed or not recorded
     mixed_precision: str | None = None  # accelerate's resolved mixed precision (no, bf16, fp16)
-    sequence_parallel_size: int = 1  # processes per sequence-parallel group (train.sequence_parallel_size)
     lact_video_version: str | None = None
     config: dict | None = None  # the full FinetuneConfig as plain data (enums as strings)
+    sequence_parallel_size: int = 1  # processes per sequence-parallel group (train.sequence_parallel_size)
 
     @classmethod
     def of_run(cls, config, accelerator) -> Provenance:
