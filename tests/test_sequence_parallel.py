@@ -12,11 +12,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed import _functional_collectives as funcol
 from utils import rel_err
 
 from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing, interleave_timesteps
 from lact_video.ops.fast_weight import LOCAL_TOKENS
-from lact_video.parallel import all_to_all_bytes_per_step, disable_sequence_parallel, enable_sequence_parallel
+from lact_video.parallel import (
+    all_reduce_bytes_per_step,
+    all_to_all_bytes_per_step,
+    disable_sequence_parallel,
+    enable_sequence_parallel,
+)
 from lact_video.testing import open_memory
 from lact_video.tiny import TRANSFORMER_CONFIGS
 
@@ -51,41 +57,51 @@ def _inputs(dtype, b=2, n=3, r=2, height=4, width=4, chunk_frames=K):
     return interleave_teacher_forcing(noisy, clean, chunk_frames), interleave_timesteps(t), text, weight
 
 
-def _step(model, inputs):
+def _step(model, inputs, after_forward=lambda: None):
     """Output, loss and every parameter's gradient of one teacher-forcing step."""
     sequence, timesteps, text, weight = inputs
     model.zero_grad(set_to_none=True)
     out = model(sequence, timesteps, text).sample
+    after_forward()
     loss = (out * weight).sum()
     loss.backward()
     return out.detach(), loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
-def _count_sent_bytes(group) -> list[int]:
-    """Wrap DeepSpeed's `all_to_all_single` to add up the bytes this rank sends to the others."""
+def _count_bytes(group) -> tuple[list[int], list[int]]:
+    """Wrap DeepSpeed's `all_to_all_single` and torch's functional `all_reduce` to add up the bytes this rank sends
+    to the others, and the bytes it all-reduces in the forward (the backward's all-reduces, of the same sizes, call
+    the operator directly)."""
     import deepspeed.comm
 
-    sent, original, rank = [0], deepspeed.comm.all_to_all_single, dist.get_rank(group)
+    sent, reduced, rank = [0], [0], dist.get_rank(group)
+    all_to_all, all_reduce = deepspeed.comm.all_to_all_single, funcol.all_reduce
 
-    def counting(output, tensor, output_split_sizes=None, input_split_sizes=None, **kwargs):
+    def counting_all_to_all(output, tensor, output_split_sizes=None, input_split_sizes=None, **kwargs):
         rows = input_split_sizes or [tensor.shape[0] // dist.get_world_size(group)] * dist.get_world_size(group)
         sent[0] += (tensor.shape[0] - rows[rank]) * tensor[0].numel() * tensor.element_size()
-        return original(output, tensor, output_split_sizes, input_split_sizes, **kwargs)
+        return all_to_all(output, tensor, output_split_sizes, input_split_sizes, **kwargs)
 
-    deepspeed.comm.all_to_all_single = counting
-    return sent
+    def counting_all_reduce(tensor, *args, **kwargs):
+        reduced[0] += tensor.numel() * tensor.element_size()
+        return all_reduce(tensor, *args, **kwargs)
+
+    deepspeed.comm.all_to_all_single, funcol.all_reduce = counting_all_to_all, counting_all_reduce
+    return sent, reduced
 
 
 def _compare(model, inputs, group):
     """Errors of sequence parallelism against the same model on one process, and between the ranks; the bytes
-    all-to-all'd by the busiest rank, measured and as `all_to_all_bytes_per_step` predicts them."""
+    all-to-all'd by the busiest rank and all-reduced, measured and as `lact_video.parallel` predicts them."""
     import deepspeed.comm
 
     reference = _step(model, inputs)
     enable_sequence_parallel(model, group)
-    original, sent = deepspeed.comm.all_to_all_single, _count_sent_bytes(group)
-    out, loss, grads = _step(model, inputs)
-    deepspeed.comm.all_to_all_single = original
+    originals = deepspeed.comm.all_to_all_single, funcol.all_reduce
+    sent, reduced = _count_bytes(group)
+    in_forward = []
+    out, loss, grads = _step(model, inputs, lambda: in_forward.append(reduced[0]))
+    deepspeed.comm.all_to_all_single, funcol.all_reduce = originals
     ranks_sent = [None] * dist.get_world_size(group)
     dist.all_gather_object(ranks_sent, sent[0], group=group)
     for grad in grads.values():
@@ -94,11 +110,14 @@ def _compare(model, inputs, group):
     dist.broadcast(rank0_out, 0, group=group)
     disable_sequence_parallel(model)
     return {
+        "after_disable": (_step(model, inputs)[0] - reference[0]).abs().max().item(),
         "output": rel_err(out, reference[0]),
         "loss": rel_err(loss, reference[1]),
         "gradients": max(rel_err(grads[name], ref) for name, ref in reference[2].items()),
         "ranks_differ": (out - rank0_out).abs().max().item(),
         "all_to_all_bytes": (max(ranks_sent), all_to_all_bytes_per_step(model, inputs[0].shape, WORLD)),
+        # The backward's all-reduces mirror the forward's; the recompute of checkpointed blocks is counted in reduced.
+        "all_reduce_bytes": (reduced[0] + in_forward[0], all_reduce_bytes_per_step(model, inputs[0].shape)),
     }
 
 
@@ -113,7 +132,7 @@ def _error(call) -> str:
 def _worker(rank, store, results_path):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
-    group = dist.group.WORLD
+    group = dist.new_group(list(range(WORLD)))  # a group of its own, as the trainer builds one
     results = {}
     for name, (overrides, dtype, _) in CASES.items():
         model = _model(overrides, dtype)
@@ -164,10 +183,12 @@ def test_two_ranks_equal_one_process(results, case):
     tolerance = CASES[case][2]
     measured = results[case]
     assert measured["ranks_differ"] == 0, measured
+    assert measured["after_disable"] == 0, measured
     for what in ("output", "loss", "gradients"):
         assert measured[what] <= tolerance, f"{case}: {what} relative error {measured[what]:.3g} > {tolerance:g}"
-    sent, predicted = measured["all_to_all_bytes"]
-    assert sent == predicted > 0
+    for what in ("all_to_all_bytes", "all_reduce_bytes"):
+        counted, predicted = measured[what]
+        assert counted == predicted > 0, f"{case}: {what} counted {counted}, predicted {predicted}"
 
 
 def test_memory_without_all_reduce_is_caught(results):
@@ -178,3 +199,8 @@ def test_refusals(results):
     assert "teacher-forcing training only" in results["denoise"] and "'denoise'" in results["denoise"]
     assert "T=9" in results["odd_tokens"] and "2 does not divide 9" in results["odd_tokens"]
     assert "3 attention heads do not split evenly over 2 ranks" in results["uneven_without_deepspeed_group"]
+
+
+def test_refuses_a_wrapped_model():
+    with pytest.raises(TypeError, match="takes the LaCTWanTransformer3DModel itself; got a Linear"):
+        enable_sequence_parallel(torch.nn.Linear(2, 2), group=None)

@@ -92,8 +92,9 @@ class UlyssesAttnProcessor:
 class GroupTokenReduction(TokenReduction):
     """Completes per-chunk sums and means over the ranks of `group`, each holding `T/P` of the chunk's tokens.
 
-    One autograd-aware all-reduce per call (`torch.distributed.nn.functional.all_reduce`, whose backward
-    all-reduces the gradient): every rank's partial sum then receives the whole group's gradient of the result.
+    One autograd-aware all-reduce per call: torch's functional collective (`_functional_collectives.all_reduce`,
+    the replacement torch names for the deprecated `torch.distributed.nn.functional.all_reduce`), whose backward
+    all-reduces the gradient, so every rank's partial sum receives the whole group's gradient of the result.
     """
 
     def __init__(self, group: dist.ProcessGroup):
@@ -101,9 +102,9 @@ class GroupTokenReduction(TokenReduction):
         self.size = dist.get_world_size(group)
 
     def sum(self, partial: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed import _functional_collectives as funcol
 
-        total = all_reduce(torch.cat([x.flatten() for x in partial]), group=self.group)
+        total = funcol.all_reduce(torch.cat([x.flatten() for x in partial]), "sum", self.group)
         return tuple(t.view_as(x) for t, x in zip(total.split([x.numel() for x in partial]), partial))
 
     def mean(self, partial: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -210,15 +211,25 @@ def enable_sequence_parallel(model: LaCTWanTransformer3DModel, group: dist.Proce
 
     Inference modes (denoise, commit) raise ValueError while it is enabled.
 
+    When `P` does not divide the attention heads (12 heads of the 1.3B model over 8 ranks), call it after
+    `deepspeed.initialize` (accelerate's `prepare`) with the `mpu` that describes `group`: DeepSpeed's uneven-head
+    all-to-all reads the rank from there.
+
     Args:
         model: the LaCT transformer, not wrapped (DeepSpeed's engine may wrap it afterwards; the hooks stay).
         group: a `torch.distributed` process group of `P >= 1` ranks; `torch.distributed` must be initialised.
 
     Raises:
+        TypeError: `model` is not a `LaCTWanTransformer3DModel` (a wrapper, say).
         ValueError: already enabled; or `P` exceeds the attention heads; or it does not divide them and DeepSpeed's
             own sequence-parallel group is not `group` (its uneven-head all-to-all reads its rank from there).
     """
     # 1. Checks
+    if not isinstance(model, LaCTWanTransformer3DModel):
+        raise TypeError(
+            f"enable_sequence_parallel takes the LaCTWanTransformer3DModel itself; got a {type(model).__name__} "
+            "(unwrap it first, e.g. `accelerator.unwrap_model(model)`)."
+        )
     if isinstance(model.blocks[0].attn1.processor, UlyssesAttnProcessor):
         raise ValueError(
             "Sequence parallelism is already enabled on this model; call disable_sequence_parallel first."
@@ -295,3 +306,36 @@ def all_to_all_bytes_per_step(
         return per_block * len(model.blocks) * element_size
 
     return max(rank_bytes(rank) for rank in range(sp_size))
+
+
+def all_reduce_bytes_per_step(
+    model: LaCTWanTransformer3DModel,
+    sample_shape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool | None = None,
+) -> int:
+    """Bytes the fast-weight memory all-reduces in one teacher-forcing training step, forward and backward.
+
+    Per memory block, the forward all-reduces every clean chunk's three update directions, `B * Hf * 3 * d * dh`
+    elements each time (`Hf * d` is the model dim), and with momentum the gates' chunk means once,
+    `B * (N-1) * Hf`; the backward all-reduces their gradients, the same sizes; gradient checkpointing repeats
+    the forward's. This is the size of the buffers; a ring all-reduce sends `2 (P-1) / P` times it per rank.
+    Independent of `P` and of the tokens per chunk.
+
+    Args: as `all_to_all_bytes_per_step`.
+    """
+    b, _, frames, _, _ = sample_shape
+    config = model.config
+    num_repeat = config.num_repeat
+    chunks = (frames // config.chunk_frames + 1) // (num_repeat + 1)  # N
+    recompute = model.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    total = 0
+    for block in model.blocks:
+        memory = block.attn1.memory
+        if memory is None:
+            continue
+        forward = (chunks - 1) * b * memory.num_heads * 3 * memory.head_dim * memory.hidden_dim
+        if memory.momentum_proj is not None:
+            forward += b * (chunks - 1) * memory.num_heads
+        total += forward * (3 if recompute else 2)
+    return total * (dtype or model.dtype).itemsize
