@@ -10,7 +10,8 @@ steps/s (after `--warmup` steps), and the share of step time spent waiting for t
 `--zero3` it also times a 2-process ZeRO-3 launch from the cache (start-up included separately). With `--sp`
 it times sequence parallelism on one clip per step: a 2-process ZeRO-3 launch with `train.sequence_parallel_size=2`
 against a 1-process ZeRO-3 launch (`sp2_step_time_over_sp1`, median step times; a CPU ratio, for the record only),
-and gives the bytes each rank all-to-alls per step (`lact_video.parallel.all_to_all_bytes_per_step`).
+and gives the bytes each rank all-to-alls per step (`lact_video.parallel.all_to_all_bytes_per_step`) and the size of
+the memory's all-reduces (`all_reduce_bytes_per_step`).
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def summarize_launch(out: pathlib.Path, warmup: int, wall: float) -> dict:
 def time_sequence_parallel(base, tmp: pathlib.Path, args) -> dict:
     """One clip per step, under ZeRO-3: 2 processes at S = 2 against 1 process; and the all-to-all bytes."""
     from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing
-    from lact_video.parallel import all_to_all_bytes_per_step
+    from lact_video.parallel import all_reduce_bytes_per_step, all_to_all_bytes_per_step
     from lact_video.training.config import lact_config, load_config
 
     sp1 = summarize_launch(*time_zero3(base, tmp, args, "sp1", 1))
@@ -153,6 +154,7 @@ def time_sequence_parallel(base, tmp: pathlib.Path, args) -> dict:
         "sp2_2proc": sp2,
         "sp2_step_time_over_sp1": sp2["step_time_ms_median"] / sp1["step_time_ms_median"],
         "all_to_all_bytes_per_step": all_to_all_bytes_per_step(model, tuple(sample.shape), 2, dtype=torch.float32),
+        "memory_all_reduce_bytes_per_step": all_reduce_bytes_per_step(model, tuple(sample.shape), dtype=torch.float32),
         "note": "ZeRO-3 on both sides, one clip per step (data parallel 1); fp32; CPU ratio, not a target",
     }
 
