@@ -17,9 +17,11 @@ from test_finetune import (
     TINY,
     ZERO3_CPU,
     _free_port,
+    assert_weights_match,
     launch_env,
     metrics,
     run,
+    weights,
 )
 from test_finetune import cache as cache  # noqa: F401  (pytest fixtures, shared)
 from test_finetune import trainer as trainer  # noqa: F401
@@ -178,8 +180,8 @@ def test_data2_x_sequence2_equals_data_parallel_2(tiny_wan_dir, cache, tmp_path)
 @pytest.mark.slow
 def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache, tmp_path):
     """`accelerate launch finetune/finetune.py ... train.sequence_parallel_size=2` (ZeRO-3, 2 processes): the
-    per-step losses of metrics.jsonl equal one process's; the checkpoint records S, the export loads, and the run
-    resumes at S = 1."""
+    per-step losses of metrics.jsonl and the exported EMA weights equal one process's; the checkpoint records S,
+    and the run resumes at S = 1."""
     from lact_video import LaCTWanTransformer3DModel
 
     common = [f"data.cache_dir={cache}", "train.max_train_steps=3", "train.checkpointing_steps=3", *MODEL]
@@ -198,6 +200,7 @@ def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache,
     info = json.loads((out / "train_info.json").read_text())
     assert (info["sequence_parallel_size"], info["data_parallel_size"]) == (2, 1)
     LaCTWanTransformer3DModel.from_pretrained(out / "transformer")
+    assert_weights_match(weights(out), weights(single), atol=1e-5)  # the exported EMA weights
 
     # Resumed on the same 2 processes at S = 1: ZeRO-3's shards and the EMA slices load; the step reads 2 clips.
     resumed_log = tmp_path / "resumed.txt"
