@@ -178,18 +178,26 @@ def test_data2_x_sequence2_equals_data_parallel_2(tiny_wan_dir, cache, tmp_path)
 
 
 @pytest.mark.slow
-def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache, tmp_path):
+def test_three_steps_at_sp2_log_one_process_losses(trainer, tiny_wan_dir, cache, videos, tmp_path):
     """`accelerate launch finetune/finetune.py ... train.sequence_parallel_size=2` (ZeRO-3, 2 processes): the
-    per-step losses of metrics.jsonl and the exported EMA weights equal one process's; the checkpoint records S,
-    and the run resumes at S = 1."""
+    per-step losses and validation losses of metrics.jsonl, and the exported EMA weights, equal one process's; the
+    checkpoint records S, and the run resumes at S = 1."""
     from lact_video import LaCTWanTransformer3DModel
 
     common = [f"data.cache_dir={cache}", "train.max_train_steps=3", "train.checkpointing_steps=3", *MODEL]
+    validation = [
+        f"data.validation_data_dir={videos}",
+        "train.validation_steps=3",
+        "train.validation_noise_levels=[0.5]",
+    ]
     out, log = tmp_path / "sp2", tmp_path / "sp2.txt"
     rc = launch(log, REPO / "finetune" / "finetune.py", 2, f"model.pretrained_model_name_or_path={tiny_wan_dir}",
-                f"train.output_dir={out}", "train.sequence_parallel_size=2", *common)  # fmt: skip
+                f"train.output_dir={out}", "train.sequence_parallel_size=2", *common, *validation)  # fmt: skip
     assert (out / "model_index.json").is_file(), f"exit code {rc}; log tail:\n{log.read_text()[-4000:]}"
-    single = run(trainer, tmp_path / "one", tiny_wan_dir, *common)
+    single = run(trainer, tmp_path / "one", tiny_wan_dir, *common, *validation)
+    val = [{r["step"]: r["val/loss"] for r in map(json.loads, (o / "metrics.jsonl").read_text().splitlines())
+            if "val/loss" in r} for o in (out, single)]  # fmt: skip
+    assert sorted(val[0]) == [0, 3] and val[0] == pytest.approx(val[1], rel=1e-5)
     split, whole = metrics(out), metrics(single)
     assert sorted(split) == [1, 2, 3]
     for step in (1, 2, 3):

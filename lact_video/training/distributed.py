@@ -1,6 +1,7 @@
-"""accelerate + DeepSpeed set-up: CPU-only fixes, known-harmless warnings, a report of how ZeRO-3 split the weights.
+"""accelerate + DeepSpeed set-up: CPU-only fixes, known-harmless warnings, a report of how ZeRO-3 split the weights,
+and the layout of data x sequence parallelism (`ParallelLayout`).
 
-See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA").
+See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA", and why DeepSpeed gets no sequence-parallel mpu).
 """
 
 from __future__ import annotations
