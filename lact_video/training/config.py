@@ -52,7 +52,7 @@ from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS, check_noise_levels
 from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
-from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
+from .flow_matching import LossWeighting, ShiftRule, TimestepSampling, tokens_per_chunk
 from .trainable import LoraSettings, Trainable, target_modules_spec
 
 
@@ -141,6 +141,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # Recompute each block's activations in the backward pass: less memory, more compute.
     gradient_checkpointing: bool = False
+    # Processes that share one clip, each holding 1/S of its tokens (Ulysses sequence parallelism): activations per
+    # process fall about 1/S. Divides the number of processes; data parallelism is processes / S.
+    sequence_parallel_size: int = 1
     # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
     mixed_precision: str = "auto"
     # Save an atomic checkpoint every this many optimizer steps (and at the end).
@@ -589,6 +592,7 @@ def _check_train(config: FinetuneConfig) -> None:
         "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train.checkpointing_steps": train.checkpointing_steps,
         "train.logging_steps": train.logging_steps,
+        "train.sequence_parallel_size": train.sequence_parallel_size,
         "model.lact.num_repeat": config.model.lact.num_repeat,
     }
     _require({key: (value, value >= 1, "must be 1 or more") for key, value in at_least_one.items()})
@@ -716,6 +720,25 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
             f"the clip (data.num_frames={data.num_frames}, data.height={data.height}, data.width={data.width}) is "
             f"{post_patch} (frames, height, width) after patching, beyond the base transformer's "
             f"rope_max_seq_len={transformer_config['rope_max_seq_len']}: use fewer frames or a smaller size"
+        )
+    _check_sequence_parallel(config, transformer_config)
+
+
+def _check_sequence_parallel(config: FinetuneConfig, transformer_config: dict) -> None:
+    """Each rank of a sequence-parallel group holds 1/S of every chunk's tokens and, in attention, 1/S of the heads
+    (`lact_video.parallel`); DeepSpeed's uneven-head all-to-all needs its own sequence-parallel group, which the
+    trainer does not register (docs/design.md, Sec. 7), so S must divide both."""
+    size, data = config.train.sequence_parallel_size, config.data
+    heads = transformer_config["num_attention_heads"]
+    tokens = tokens_per_chunk(
+        data.chunk_frames, *latent_size(data.height, data.width), transformer_config["patch_size"]
+    )
+    if heads % size or tokens % size:
+        fits = [d for d in range(1, heads + 1) if heads % d == 0 and tokens % d == 0]
+        raise ConfigError(
+            f"train.sequence_parallel_size={size} must divide the base model's {heads} attention heads and the "
+            f"{tokens} tokens of a chunk (data.chunk_frames={data.chunk_frames} at {data.height}x{data.width}): use "
+            f"one of {', '.join(map(str, fits))}"
         )
 
 
