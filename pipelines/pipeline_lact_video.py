@@ -450,14 +450,15 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 f"num_frames={num_frames} ({num_latent_frames} latent frames, {num_latent_frames // k} chunks) instead."
             )
         limit = self.transformer.config.rope_max_seq_len
-        if num_latent_frames > limit:
+        if self.transformer.rotary_latent_frames(num_latent_frames) > limit:  # a bounded position_policy stops early
             longest = video_num_frames(limit // k * k, t)
             raise ValueError(
                 f"num_frames={num_frames} needs {num_latent_frames} latent frames, past the transformer's rotary table "
                 f"(rope_max_seq_len={limit} latent frames: at most num_frames={longest}). The table holds no weights, "
                 "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
                 "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
-                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`."
+                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`; or load it with "
+                "position_policy='cyclic' (and trained_chunks), whose positions stay within the training length."
             )
         return num_frames
 
