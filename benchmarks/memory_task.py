@@ -138,19 +138,19 @@ def main():
     args = parser.parse_args()
     out = (ROOT / args.output_dir).resolve()
 
-    # 1. Data and the shared random base
-    base = make_base(out / "base")
-    train = write_cache(out / "train_cache", 4096, seed=0)
-
-    # 2. Train every model on the same budget
-    seconds = {}
+    # 1. What to train: every model, or (--reuse_trained) those not yet exported in output_dir
     trained = {name: o for name, o in TRAINED.items() if not (args.without_offset and name == "lact_offset")}
-    for name, overrides in trained.items():
-        if args.reuse_trained and (out / name / "transformer" / "config.json").exists():
-            continue
+    missing = [n for n in trained if not (args.reuse_trained and (out / n / "transformer" / "config.json").exists())]
+
+    # 2. Data and the shared random base, then train on the same budget
+    seconds = {}
+    if missing:
+        base = make_base(out / "base")
+        train = write_cache(out / "train_cache", 4096, seed=0)
+    for name in missing:
         start = time.perf_counter()
         run(
-            "finetune.py", "--config", str(RECIPE), f"model.pretrained_model_name_or_path={base}", *overrides,
+            "finetune.py", "--config", str(RECIPE), f"model.pretrained_model_name_or_path={base}", *trained[name],
             f"data.cache_dir={train}", f"train.output_dir={out / name}", f"train.max_train_steps={args.steps}",
             threads=args.threads,
         )  # fmt: skip

@@ -24,6 +24,7 @@ def test_chunk_positions_follow_their_formulas():
     assert [chunk_position("clamp", i, trained) for i in range(10)] == [0, 1, 2, 3, 4, 5, 5, 5, 5, 5]
     assert [chunk_position("cyclic", i, trained) for i in range(10)] == [0, 1, 2, 3, 4, 5, 4, 5, 4, 5]
     assert chunk_position("absolute", 7, None) == 7  # absolute needs no training length
+    assert chunk_position("cyclic", 7, None) == 7  # nor does a model whose training length is unknown
 
 
 @pytest.mark.parametrize("policy", ["absolute", "clamp", "cyclic"])
@@ -100,6 +101,8 @@ def test_pipeline_frame_check_follows_the_policy(tiny_wan_dir):
 
 
 def test_a_folder_records_its_policy_and_an_older_one_loads_absolute(wan, tmp_path):  # noqa: F811
+    fresh = lact_model(wan).config  # the default policy, inactive until the trainer records trained_chunks
+    assert (fresh.position_policy, fresh.trained_chunks, fresh.rope_max_seq_len) == ("cyclic", None, 256)
     model = lact_model(wan, position_policy="clamp", trained_chunks=3)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

@@ -35,9 +35,10 @@ def chunk_position(policy: str, index: int, trained_chunks: int | None) -> int:
     Args:
         policy: a `PositionPolicy` value: "absolute" (`index` itself), "clamp" (past `trained_chunks`, the last
             trained position) or "cyclic" (past `trained_chunks`, the last `CYCLE_CHUNKS` trained positions in turn).
-        trained_chunks: chunk positions training covered (`LaCTConfig.trained_chunks`); unused by "absolute".
+        trained_chunks: chunk positions training covered (`LaCTConfig.trained_chunks`); None (not known, e.g. a
+            model fresh from `from_wan`): absolute positions under every policy.
     """
-    if policy == "absolute" or index < trained_chunks:
+    if policy == "absolute" or trained_chunks is None or index < trained_chunks:
         return index
     if policy == "clamp":
         return trained_chunks - 1

@@ -74,8 +74,10 @@ class LaCTConfig:
     attention_mode: AttentionMode = AttentionMode.window
     # Rotary positions of chunks past trained_chunks: absolute (the position grows with the video), clamp or
     # cyclic (bounded: the memory writes and reads at trained positions; window attention keeps its offsets).
-    position_policy: PositionPolicy = PositionPolicy.absolute
-    # Chunk positions training covered (clip chunks + train.position_offset_max); null: the trainer sets it.
+    # Folders saved without this key load as absolute.
+    position_policy: PositionPolicy = PositionPolicy.cyclic
+    # Chunk positions training covered (clip chunks + train.position_offset_max); null: the trainer sets it. A
+    # model without it (e.g. fresh from from_wan) uses absolute positions whatever position_policy says.
     trained_chunks: int | None = None
 
 

@@ -372,8 +372,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
 
     def rotary_latent_frames(self, num_latent_frames: int) -> int:
         """The rotary table length (`rope_max_seq_len`, latent frames) a video of `num_latent_frames` needs under
-        this model's `position_policy`: the video's length if "absolute", at most `trained_chunks` chunks if
-        bounded (docs/design.md Sec. 1.7)."""
+        this model's `position_policy`: the video's length if "absolute" or `trained_chunks` is unknown, at most
+        `trained_chunks` chunks if bounded (docs/design.md Sec. 1.7)."""
         config = self.config
         chunks = range(max(1, num_latent_frames // config.chunk_frames))
         last = max(chunk_position(config.position_policy, i, config.trained_chunks) for i in chunks)
@@ -570,13 +570,11 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
         raise ValueError(f"trained_chunks must be >= 1 chunk, or None; got {config.trained_chunks}.")
     # A clean chunk's attention sits one chunk before the next noisy one: the lowest noisy position must be >= 1.
     fewest = {PositionPolicy.absolute: 0, PositionPolicy.clamp: 2, PositionPolicy.cyclic: CYCLE_CHUNKS + 1}
-    if (config.trained_chunks or 0) < fewest[PositionPolicy(config.position_policy)]:
+    if config.trained_chunks is not None and config.trained_chunks < fewest[PositionPolicy(config.position_policy)]:
         raise ValueError(
             f"position_policy={config.position_policy!r} bounds positions past trained_chunks, the chunk positions "
             f"training covered; it needs trained_chunks >= {fewest[PositionPolicy(config.position_policy)]}, got "
-            f"{config.trained_chunks}. Pass "
-            "trained_chunks=<chunks per training clip> (a folder trained before it was recorded lacks it), or "
-            "position_policy='absolute'."
+            f"{config.trained_chunks}. Train on longer clips, or use position_policy='absolute'."
         )
     modes, dtypes = tuple(m.value for m in AttentionMode), tuple(d.value for d in MuonDtype)
     if config.attention_mode not in modes:
