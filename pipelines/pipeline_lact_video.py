@@ -458,7 +458,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
                 "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
                 "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`; or load it with "
-                "position_policy='cyclic' (and trained_chunks), whose positions stay within the training length."
+                "a bounded position_policy ('clamp' or 'cyclic', with trained_chunks), whose positions stop there."
             )
         return num_frames
 

@@ -27,14 +27,15 @@ def test_chunk_positions_follow_their_formulas():
     assert chunk_position("cyclic", 7, None) == 7  # nor does a model whose training length is unknown
 
 
+@pytest.mark.parametrize("trained", [1, 2, 6])
 @pytest.mark.parametrize("policy", ["absolute", "clamp", "cyclic"])
-def test_a_noisy_chunk_is_one_chunk_after_its_window_under_every_policy(policy):
+def test_a_noisy_chunk_is_one_chunk_after_its_window_under_every_policy(policy, trained):
     chunks = tuple(range(30))
-    (noisy, memory), (clean, _) = (segment_positions(policy, 6, chunks, (flag,) * 30) for flag in (True, False))
-    assert noisy == memory  # a noisy chunk reads the memory where its attention is
+    (noisy, memory), (clean, _) = (segment_positions(policy, trained, chunks, (flag,) * 30) for flag in (True, False))
     assert all(noisy[i] - clean[i - 1] == 1 for i in range(1, 30))  # chunk i's window: clean chunk i - 1
+    assert noisy[:trained] == memory[:trained] == chunks[:trained]  # within the training length: absolute
     if policy != "absolute":
-        assert max(noisy) == 5 and min(clean) >= 0  # within the trained positions 0..5
+        assert max(memory) == trained - 1 and max(noisy) <= trained and min(clean) >= 0  # bounded, never negative
 
 
 def test_bounded_policies_equal_absolute_within_the_training_length_and_differ_past_it(wan):  # noqa: F811
@@ -84,7 +85,7 @@ def test_bounded_policy_lifts_the_rotary_table_limit(wan):  # noqa: F811
     with pytest.raises(ValueError, match="rope_max_seq_len=256 .* bounded `position_policy`"):
         absolute(x, t, text, mode="denoise", state=late)
     assert cyclic(x, t, text, mode="denoise", state=late).sample.shape == x.shape
-    assert absolute.rotary_latent_frames(400) == 400 and cyclic.rotary_latent_frames(400) == 4 * K
+    assert absolute.rotary_latent_frames(400) == 400 and cyclic.rotary_latent_frames(400) == (4 + 1) * K
 
 
 def test_pipeline_frame_check_follows_the_policy(tiny_wan_dir):
@@ -92,17 +93,17 @@ def test_pipeline_frame_check_follows_the_policy(tiny_wan_dir):
 
     lact = dict(chunk_frames=K, fw_head_dim=12)
     small = LaCTVideoPipeline.from_wan(tiny_wan_dir, rope_max_seq_len=6, **lact)
-    with pytest.raises(ValueError, match="position_policy='cyclic'"):
+    with pytest.raises(ValueError, match=r"bounded position_policy \('clamp' or 'cyclic', with trained_chunks\)"):
         small.check_num_frames(4 * 20 - 3)
     bounded = LaCTVideoPipeline.from_wan(
-        tiny_wan_dir, rope_max_seq_len=6, position_policy="cyclic", trained_chunks=3, **lact
+        tiny_wan_dir, rope_max_seq_len=6, position_policy="cyclic", trained_chunks=2, **lact
     )
     assert bounded.check_num_frames(4 * 20 - 3) == 4 * 20 - 3
 
 
 def test_a_folder_records_its_policy_and_an_older_one_loads_absolute(wan, tmp_path):  # noqa: F811
     fresh = lact_model(wan).config  # the default policy, inactive until the trainer records trained_chunks
-    assert (fresh.position_policy, fresh.trained_chunks, fresh.rope_max_seq_len) == ("cyclic", None, 256)
+    assert (fresh.position_policy, fresh.trained_chunks, fresh.rope_max_seq_len) == ("clamp", None, 256)
     model = lact_model(wan, position_policy="clamp", trained_chunks=3)
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())

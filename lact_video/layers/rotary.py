@@ -42,7 +42,8 @@ def chunk_position(policy: str, index: int, trained_chunks: int | None) -> int:
         return index
     if policy == "clamp":
         return trained_chunks - 1
-    return trained_chunks - CYCLE_CHUNKS + (index - trained_chunks) % CYCLE_CHUNKS
+    cycle = min(CYCLE_CHUNKS, trained_chunks)
+    return trained_chunks - cycle + (index - trained_chunks) % cycle
 
 
 def segment_positions(
@@ -51,16 +52,22 @@ def segment_positions(
     """Rotary positions, in chunks, of segments: `(attention, memory)`.
 
     The memory writes and reads chunk `i` at `chunk_position(i)`. Softmax attention sees only position
-    differences (Wan's rotary is a rotation of q and k), so a noisy chunk `i` takes `chunk_position(i)` and a clean
-    chunk `j`, whose keys the noisy chunk `j + 1` reads (stored rotated in `LayerState`), takes
-    `chunk_position(j + 1) - 1`: the offset between a noisy chunk and its window is one chunk under every policy,
-    and positions are a function of the chunk index alone, so teacher forcing equals chunk-by-chunk inference.
-    Under "absolute" both tuples are `chunk_indices`.
+    differences (Wan's rotary is a rotation of q and k), so a noisy chunk `i` takes `a(i)` and a clean chunk `j`,
+    whose keys the noisy chunk `j + 1` reads (stored rotated in `LayerState`), takes `a(j + 1) - 1`: the offset
+    between a noisy chunk and its window is one chunk under every policy. `a(i) = i` within the training length
+    (and always under "absolute"), `chunk_position(i) + 1` past it, so no clean chunk's position is negative.
+    Positions are a function of the chunk index alone, so teacher forcing equals chunk-by-chunk inference.
+    Under "absolute", or with `trained_chunks` unknown, both tuples are `chunk_indices`.
     """
     memory = tuple(chunk_position(policy, i, trained_chunks) for i in chunk_indices)
+    if policy == "absolute" or trained_chunks is None:
+        return memory, memory
+
+    def noisy_position(i: int) -> int:
+        return i if i < trained_chunks else chunk_position(policy, i, trained_chunks) + 1
+
     attention = tuple(
-        m if is_noisy else chunk_position(policy, i + 1, trained_chunks) - 1
-        for i, m, is_noisy in zip(chunk_indices, memory, noisy)
+        noisy_position(i) if is_noisy else noisy_position(i + 1) - 1 for i, is_noisy in zip(chunk_indices, noisy)
     )
     return attention, memory
 

@@ -75,7 +75,7 @@ class LaCTConfig:
     # Rotary positions of chunks past trained_chunks: absolute (the position grows with the video), clamp or
     # cyclic (bounded: the memory writes and reads at trained positions; window attention keeps its offsets).
     # Folders saved without this key load as absolute.
-    position_policy: PositionPolicy = PositionPolicy.cyclic
+    position_policy: PositionPolicy = PositionPolicy.clamp
     # Chunk positions training covered (clip chunks + train.position_offset_max); null: the trainer sets it. A
     # model without it (e.g. fresh from from_wan) uses absolute positions whatever position_policy says.
     trained_chunks: int | None = None

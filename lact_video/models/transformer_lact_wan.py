@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from ..geometry import DEFAULT_CHUNK_FRAMES, check_chunking
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
-from ..layers.rotary import CYCLE_CHUNKS, RotaryTables, chunk_position, chunk_rotary_emb, segment_positions
+from ..layers.rotary import RotaryTables, chunk_rotary_emb, segment_positions
 from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout
@@ -373,11 +373,12 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     def rotary_latent_frames(self, num_latent_frames: int) -> int:
         """The rotary table length (`rope_max_seq_len`, latent frames) a video of `num_latent_frames` needs under
         this model's `position_policy`: the video's length if "absolute" or `trained_chunks` is unknown, at most
-        `trained_chunks` chunks if bounded (docs/design.md Sec. 1.7)."""
+        `trained_chunks + 1` chunks if bounded (docs/design.md Sec. 1.7)."""
         config = self.config
-        chunks = range(max(1, num_latent_frames // config.chunk_frames))
-        last = max(chunk_position(config.position_policy, i, config.trained_chunks) for i in chunks)
-        return (last + 1) * config.chunk_frames
+        chunks = tuple(range(max(1, num_latent_frames // config.chunk_frames)))
+        noisy = (True,) * len(chunks)  # a clean chunk sits one below the next noisy one
+        attention, memory = segment_positions(config.position_policy, config.trained_chunks, chunks, noisy)
+        return (max(*attention, *memory) + 1) * config.chunk_frames
 
     def init_state(self) -> LaCTState:
         """An empty inference state: nothing committed, chunk 0 comes next."""
@@ -568,14 +569,6 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
         raise ValueError(f"position_policy must be one of {policies}; got {config.position_policy!r}.")
     if config.trained_chunks is not None and config.trained_chunks < 1:
         raise ValueError(f"trained_chunks must be >= 1 chunk, or None; got {config.trained_chunks}.")
-    # A clean chunk's attention sits one chunk before the next noisy one: the lowest noisy position must be >= 1.
-    fewest = {PositionPolicy.absolute: 0, PositionPolicy.clamp: 2, PositionPolicy.cyclic: CYCLE_CHUNKS + 1}
-    if config.trained_chunks is not None and config.trained_chunks < fewest[PositionPolicy(config.position_policy)]:
-        raise ValueError(
-            f"position_policy={config.position_policy!r} bounds positions past trained_chunks, the chunk positions "
-            f"training covered; it needs trained_chunks >= {fewest[PositionPolicy(config.position_policy)]}, got "
-            f"{config.trained_chunks}. Train on longer clips, or use position_policy='absolute'."
-        )
     modes, dtypes = tuple(m.value for m in AttentionMode), tuple(d.value for d in MuonDtype)
     if config.attention_mode not in modes:
         raise ValueError(f"attention_mode must be one of {modes}; got {config.attention_mode!r}.")
