@@ -474,7 +474,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         table; returns `num_frames`."""
         t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
         limit = self.transformer.config.rope_max_seq_len
-        if num_latent_frames > limit:
+        if self.transformer.rotary_latent_frames(num_latent_frames) > limit:  # a bounded position_policy stops early
             longest = video_num_frames(limit // k * k, t)
             raise ValueError(
                 f"num_frames={num_frames} needs {num_latent_frames} latent frames (the video's, counted from its "
@@ -482,7 +482,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 f"num_frames={longest} in all). The table holds no weights, "
                 "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
                 "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
-                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`."
+                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`; or load it with "
+                "a bounded position_policy ('clamp' or 'cyclic', with trained_chunks), whose positions stop there."
             )
         return num_frames
 

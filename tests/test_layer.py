@@ -6,7 +6,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 import lact_video.layers.fast_weight_memory as memory_module
 from lact_video.layers import FastWeightMemory, LaCTAttention
-from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
+from lact_video.layers.rotary import RotaryTables, apply_rotary_emb, chunk_rotary_emb
 from lact_video.ops.fast_weight import LOCAL_TOKENS, fast_weight_naive
 from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
@@ -72,7 +72,7 @@ def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
         if op == "naive":
             monkeypatch.setattr(memory_module, "fast_weight_teacher_forcing", naive_teacher_forcing)
         layer.zero_grad()
-        out, _ = layer(x, rotary, ForwardMode.TEACHER_FORCING, layout)
+        out, _ = layer(x, RotaryTables(rotary, rotary), ForwardMode.TEACHER_FORCING, layout)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out.detach(), {name: p.grad.clone() for name, p in layer.named_parameters()}))
     (fast_out, fast_grads), (naive_out, naive_grads) = results

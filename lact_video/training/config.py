@@ -156,6 +156,9 @@ class TrainConfig:
     validation_steps: int = 0
     # The noise levels t' of the per-chunk validation report; every chunk is noised to each of them.
     validation_noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
+    # Shift each micro-batch's rotary chunk positions by a random 0..this many chunks (docs/design.md Sec. 1.7), so
+    # the memory learns positions past the clip; 0: the clip's own positions. Sets model.lact.trained_chunks' default.
+    position_offset_max: int = 0
     # tensorboard, wandb, all or none.
     report_to: str = "tensorboard"
     # Project name for the trackers.
@@ -596,6 +599,8 @@ def _check_train(config: FinetuneConfig) -> None:
         "model.lact.num_repeat": config.model.lact.num_repeat,
     }
     _require({key: (value, value >= 1, "must be 1 or more") for key, value in at_least_one.items()})
+    offset = train.position_offset_max
+    _require({"train.position_offset_max": (offset, offset >= 0, "must be 0 (no offsets) or more chunks")})
     if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
         raise ConfigError(
             f"train.checkpoints_total_limit={train.checkpoints_total_limit} would keep no checkpoint: "
@@ -714,7 +719,9 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
     p_t, p_h, p_w = transformer_config["patch_size"]
     data = config.data
     h, w = latent_size(data.height, data.width)
-    post_patch = (data.latent_frames // p_t, h // p_h, w // p_w)
+    # Random position offsets (train.position_offset_max) reach that many chunks past the clip.
+    frames = data.latent_frames + config.train.position_offset_max * data.chunk_frames
+    post_patch = (frames // p_t, h // p_h, w // p_w)
     if max(post_patch) > transformer_config["rope_max_seq_len"]:
         raise ConfigError(
             f"the clip (data.num_frames={data.num_frames}, data.height={data.height}, data.width={data.width}) is "
@@ -755,8 +762,14 @@ def with_training_length(config: FinetuneConfig, num_samples: int, num_processes
 
 
 def lact_config(config: FinetuneConfig) -> dict:
-    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the variant, chunk_frames."""
-    return {**vars(config.model.lact), **VARIANTS[config.model.variant], "chunk_frames": config.data.chunk_frames}
+    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the variant, chunk_frames, and
+    trained_chunks, when null, from the clip: its chunks plus train.position_offset_max."""
+    keys = {**vars(config.model.lact), **VARIANTS[config.model.variant], "chunk_frames": config.data.chunk_frames}
+    if keys["trained_chunks"] is None:
+        keys["trained_chunks"] = (
+            config.data.latent_frames // config.data.chunk_frames + config.train.position_offset_max
+        )
+    return keys
 
 
 REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"

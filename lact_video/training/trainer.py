@@ -66,6 +66,7 @@ from .export import export_pipeline
 from .flow_matching import (
     ShiftRule,
     chunk_loss_weights,
+    draw_position_offset,
     draw_sample_randomness,
     shift_timesteps,
     teacher_forcing_loss,
@@ -637,7 +638,8 @@ def batch_loss(config, transformer, models: Models, latents, prompt_embeds, posi
     prompt_embeds = torch.where(drop[:, None, None], empty, prompt_embeds)  # caption dropout, for CFG
     weights = chunk_loss_weights(t_raw, fm.loss_weighting, fm.logit_mean, fm.logit_std)  # at the unshifted t
     t = shift_timesteps(t_raw, shift)
-    return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype)
+    offset = draw_position_offset(positions[0], config.train.seed, config.train.position_offset_max)
+    return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype, offset)
 
 
 def check_finite(value: torch.Tensor, what: str, step: int, output_dir) -> None:
