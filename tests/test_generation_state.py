@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from utils import assert_bitwise_equal
 
 from lact_video import LaCTWanTransformer3DModel
-from lact_video.geometry import video_num_frames
+from lact_video.geometry import first_frame_of_chunk, video_num_frames
 from lact_video.testing import open_memory
 from pipelines import (
     LaCTGenerationState,
@@ -194,6 +194,29 @@ def test_stream_hands_out_the_state_after_every_chunk_and_resumes_from_any(pipe,
     # Without return_state, stream yields the frames alone, as before.
     plain = next(pipe.stream(**call_kwargs(num_frames=frames_for(1), output_type="pt")))
     assert_bitwise_equal(plain, frames[:, : frames_for(1)])
+
+
+def test_a_prompt_switch_in_the_resumed_call_equals_the_one_call_video(pipe, one_call, tmp_path):
+    """A schedule switching at chunk 3 and a negative one switching at chunk 2, both given to both calls: call 1
+    makes chunks 0-1 (before either switch) and saves the state, call 2 loads it and makes chunks 2-3 (each switch
+    inside it, looked up by absolute chunk index): bit for bit the one-call video with the same schedules. Guard:
+    the switches change chunks 2-3 of the video without them, and only those."""
+    frames, _, _ = one_call
+    prompts = dict(
+        prompt={0: PROMPT, first_frame_of_chunk(3, K): "the cat jumps onto a wall"},
+        negative_prompt={0: NEGATIVE, first_frame_of_chunk(2, K): "static"},
+        output_type="pt",
+    )
+    whole = pipe(**call_kwargs(**prompts, num_frames=frames_for(4))).frames
+    assert_bitwise_equal(whole[:, : frames_for(2)], frames[:, : frames_for(2)])
+    assert not torch.equal(whole[:, frames_for(2) : frames_for(3)], frames[:, frames_for(2) : frames_for(3)])
+    assert not torch.equal(whole[:, frames_for(3) :], frames[:, frames_for(3) :])
+
+    first = pipe(**call_kwargs(**prompts, num_frames=frames_for(2), return_state=True))
+    first.state.save(tmp_path / "s.safetensors")
+    state = LaCTGenerationState.load(tmp_path / "s.safetensors", pipe)
+    rest = pipe(**call_kwargs(**prompts, num_frames=2 * NEW_CHUNK_FRAMES, state=state, generator=None)).frames
+    assert_bitwise_equal(torch.cat([first.frames, rest], dim=1), whole)
 
 
 def test_a_saved_state_loads_bit_for_bit_with_a_list_of_generators(pipe, tmp_path):
