@@ -1,6 +1,8 @@
-"""The README's Python examples run as written (in a scratch directory)."""
+"""The README's Python examples, and its `scripts/generate.py` commands after them, run as written (in a scratch
+directory)."""
 
 import re
+import shlex
 from pathlib import Path
 
 from lact_video.training.config import REFERENCE_BEGIN, REFERENCE_END, config_reference
@@ -12,13 +14,32 @@ def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
-    blocks = python_blocks()
+def generate_commands() -> list[list[str]]:
+    """The arguments of every `python scripts/generate.py` command in the README's bash blocks."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    lines = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()]
+    return [shlex.split(line)[2:] for line in lines if line.startswith("python scripts/generate.py ")]
+
+
+def test_readme_examples_run(tmp_path, monkeypatch):
+    """The Python blocks in order, in one namespace; then the generation commands (the "Long videos" ones use the
+    folder a Python example saved), each of which must write a video of its --num_frames frames."""
+    import imageio_ffmpeg
+
+    from pipelines import generate
+
+    blocks, commands = python_blocks(), generate_commands()
     assert blocks, "README has no python examples"
+    assert any("--resume_state" in words for words in commands), "README has no command that resumes a video"
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - the README is ours
+    for words in commands:
+        generate.main(words)
+        written = str(tmp_path / words[words.index("--output") + 1])
+        expected = int(words[words.index("--num_frames") + 1])
+        assert imageio_ffmpeg.count_frames_and_secs(written)[0] == expected, shlex.join(words)
 
 
 def test_readme_commands_exist():
