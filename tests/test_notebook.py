@@ -31,9 +31,12 @@ def test_generate_long_video_notebook(tmp_path, monkeypatch):
     assert json.loads(text.strip().splitlines()[-1]) == [sys.prefix]
     assert "237 frames of 64x64" in text
     assert "same first frames as the long video: True" in text
+    assert "93 frames, the prompt switched at frame 45" in text
+    assert "chunks before the switch as in the long video: True" in text
     videos = [o for o in outputs if "<video" in o.get("data", {}).get("text/html", "")]
-    assert len(videos) == 2
+    assert len(videos) == 3
 
     out = tmp_path / "outputs" / "generate_long_video"
     assert imageio_ffmpeg.count_frames_and_secs(str(out / "long_video.mp4"))[0] == 237
     assert imageio_ffmpeg.count_frames_and_secs(str(out / "streamed.mp4"))[0] == 4 * 3 * 6 - 3
+    assert imageio_ffmpeg.count_frames_and_secs(str(out / "prompt_switch.mp4"))[0] == 4 * 3 * 8 - 3
