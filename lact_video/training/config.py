@@ -141,6 +141,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # Recompute each block's activations in the backward pass: less memory, more compute.
     gradient_checkpointing: bool = False
+    # Processes that share one clip, each holding 1/S of its tokens (Ulysses sequence parallelism): activations per
+    # process fall about 1/S. Divides the number of processes; data parallelism is processes / S.
+    sequence_parallel_size: int = 1
     # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
     mixed_precision: str = "auto"
     # Save an atomic checkpoint every this many optimizer steps (and at the end).
