@@ -112,8 +112,13 @@ def test_missing_and_unexpected_keys_are_named(group_of_one, tiny_wan_dir, tmp_p
     shutil.copytree(pathlib.Path(tiny_wan_dir) / "transformer", folder)
     weights = load_file(folder / "diffusion_pytorch_model.safetensors")
     weights["blocks.0.extra.weight"] = weights.pop("blocks.1.ffn.net.2.weight")
+    weights["proj_out.bias"] = weights["proj_out.bias"][:-1]
     save_file(weights, folder / "diffusion_pytorch_model.safetensors")
-    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.ffn.net.2.weight'\], unexpected keys \['blocks"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing keys \['blocks.1.ffn.net.2.weight'\], unexpected keys \['blocks.0.extra.weight'\], other "
+        r"shapes \[\"proj_out.bias \(63,\) \(the model's: \(64,\)\)\"\]",
+    ):
         load(folder, lact_config=TINY_LACT)
     (folder / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ValueError, match="holds neither diffusion_pytorch_model.safetensors"):

@@ -21,18 +21,18 @@ training dtype. docs/design.md Sec. 7.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
 import unittest.mock
 
 import torch
+from accelerate import init_empty_weights
+from diffusers import WanTransformer3DModel
+from diffusers.models.modeling_utils import no_init_weights
 
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..models import LaCTWanTransformer3DModel
 from ..models.formats import FORMAT_KEY, FORMAT_VERSION, convert_weights, saved_format
-
-logger = logging.getLogger(__name__)
 
 
 def is_zero3(accelerator) -> bool:
@@ -74,7 +74,6 @@ def load_zero3(
             do not match the model (the message names them).
     """
     import deepspeed
-    from diffusers.models.modeling_utils import no_init_weights
 
     folder = _local_folder(pretrained_model_name_or_path, subfolder, revision)
     config = json.loads((folder / LaCTWanTransformer3DModel.config_name).read_text())
@@ -94,9 +93,6 @@ def load_zero3(
     # The ordinary path's model on the meta device: names, shapes, real buffers, the new parameters' init. Wan's
     # constructor draws its modulation tables from the global RNG even there (`torch.randn`), so this draws what
     # the ordinary path draws: from_wan builds the Wan model (in from_pretrained) and then the LaCT model.
-    from accelerate import init_empty_weights
-    from diffusers import WanTransformer3DModel
-
     with init_empty_weights():
         if not is_lact:
             WanTransformer3DModel.from_config(config)
@@ -113,16 +109,18 @@ def load_zero3(
     for name, buffer in model.named_buffers():
         buffer.data = buffers[name].to(buffer.device)
 
+    # Every rank checks the checkpoint's keys and shapes (headers only) before any collective, so that a bad
+    # checkpoint stops all of them with the same error.
     new = set() if is_lact else _new_parameter_names(reference)
-    weight_files = _weight_files(folder)
-    _check_keys(folder, weight_files, set(dict(model.named_parameters())) - new)
+    index = _weight_index(folder)
+    _check_keys(folder, index, {name: tuple(p.shape) for name, p in reference.named_parameters() if name not in new})
     rank = torch.distributed.get_rank()
     for name, param in model.named_parameters():
         if name in new:
             continue
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0), torch.no_grad():
             if rank == 0:
-                param.copy_(_read_tensor(weight_files[name], name, tuple(param.shape)))
+                param.copy_(_read_tensor(index[name][0], name))
     _init_new_parameters(model, reference, new)
     if is_lact and version < FORMAT_VERSION:
         biases = [m.lr_proj.bias for m in _memories(model).values()]
@@ -141,43 +139,48 @@ def _local_folder(path, subfolder: str | None, revision: str | None) -> pathlib.
     return pathlib.Path(path, *filter(None, [subfolder]))
 
 
-def _weight_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Parameter name -> the safetensors file that holds it (diffusers' single file or its sharded index)."""
+def _weight_index(folder: pathlib.Path) -> dict[str, tuple[pathlib.Path, tuple]]:
+    """Parameter name -> (the safetensors file that holds it, its shape): diffusers' single file or its sharded
+    index, read from the files' headers."""
     from diffusers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFETENSORS_WEIGHTS_NAME
     from safetensors import safe_open
 
-    index = folder / SAFE_WEIGHTS_INDEX_NAME
-    if index.is_file():
-        return {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
-    single = folder / SAFETENSORS_WEIGHTS_NAME
-    if not single.is_file():
+    index_file, single = folder / SAFE_WEIGHTS_INDEX_NAME, folder / SAFETENSORS_WEIGHTS_NAME
+    if index_file.is_file():
+        files = sorted({folder / file for file in json.loads(index_file.read_text())["weight_map"].values()})
+    elif single.is_file():
+        files = [single]
+    else:
         raise ValueError(
             f"{folder} holds neither {SAFETENSORS_WEIGHTS_NAME} nor {SAFE_WEIGHTS_INDEX_NAME}: loading under ZeRO-3 "
             "reads safetensors weights only. Convert the checkpoint (load it and save_pretrained it again)."
         )
-    with safe_open(single, framework="pt") as f:
-        return {name: single for name in f.keys()}
+    index = {}
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            index.update({name: (file, tuple(f.get_slice(name).get_shape())) for name in f.keys()})
+    return index
 
 
-def _check_keys(folder: pathlib.Path, weight_files: dict, expected: set[str]) -> None:
-    missing, unexpected = sorted(expected - set(weight_files)), sorted(set(weight_files) - expected)
-    if missing or unexpected:
+def _check_keys(folder: pathlib.Path, index: dict, expected: dict[str, tuple]) -> None:
+    """`expected`: the model's parameter names and shapes that the checkpoint must hold, and nothing else."""
+    missing, unexpected = sorted(set(expected) - set(index)), sorted(set(index) - set(expected))
+    shapes = [f"{name} {index[name][1]} (the model's: {shape})" for name, shape in expected.items()
+              if name in index and index[name][1] != shape]  # fmt: skip
+    if missing or unexpected or shapes:
         raise ValueError(
             f"The checkpoint in {folder} does not match the LaCT model: missing keys {missing}, unexpected keys "
-            f"{unexpected}. Is it a Wan2.1 T2V (or LaCT) transformer of the configured size?"
+            f"{unexpected}, other shapes {shapes}. Is it a Wan2.1 T2V (or LaCT) transformer of the configured size?"
         )
 
 
-def _read_tensor(file: pathlib.Path, name: str, shape: tuple) -> torch.Tensor:
+def _read_tensor(file: pathlib.Path, name: str) -> torch.Tensor:
     """One tensor of a safetensors file. The file is opened for this tensor only: its memory map, and the pages
     read through it, go when it closes, so reading a 28 GB checkpoint never holds more than one tensor."""
     from safetensors import safe_open
 
     with safe_open(file, framework="pt") as f:
-        tensor = f.get_tensor(name)
-    if tuple(tensor.shape) != shape:
-        raise ValueError(f"{file}: {name} has shape {tuple(tensor.shape)}; the LaCT model's is {shape}.")
-    return tensor
+        return f.get_tensor(name)
 
 
 def _memories(model: torch.nn.Module) -> dict:
