@@ -55,6 +55,7 @@ from .streaming import (
     container_codec,
     video_paths,
 )
+from .video_input import VideoChunks, check_positions, open_video
 
 logger = logging.get_logger(__name__)
 
@@ -126,6 +127,9 @@ class _GenerationSettings:
     max_sequence_length: int
     output_path: str | os.PathLike | list | None
     fps: int
+    video: Any
+    video_latents: torch.Tensor | None
+    return_input_video: bool
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> _GenerationSettings:
@@ -430,13 +434,25 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             container_codec(path)
         return paths
 
-    def check_num_frames(self, num_frames: int) -> int:
+    def check_num_frames(self, num_frames: int, continuing: bool = False) -> int:
         """Round `num_frames` to whole chunks and check it against the rotary table; returns the new value.
 
         Valid values are `4 * F - 3` with `F` latent frames a multiple of `chunk_frames`. Like `WanPipeline`,
         other values are rounded down (to `4n + 1`, then to whole chunks, at least one) with a warning.
+
+        Continuing a clip, `num_frames` counts the new frames, whole chunks of `4k` frames: other values are
+        rounded down (at least one chunk) with a warning, and the caller checks the rotary table with the clip's
+        chunks counted (`video_input.check_positions`).
         """
         t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
+        if continuing:
+            rounded = max(num_frames // (t * k), 1) * t * k
+            if rounded != num_frames:
+                logger.warning(
+                    f"Continuing a video, num_frames counts the new frames, whole chunks of {t * k} frames: "
+                    f"generating num_frames={rounded} instead of {num_frames}."
+                )
+            return rounded
         requested = num_frames
         rounded = round_num_frames(num_frames, k, t)
         num_frames, num_latent_frames = rounded.num_frames, rounded.latent_frames
@@ -581,7 +597,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             settings.callback_on_step_end_tensor_inputs,
             settings.output_type,
         )
-        num_frames = self.check_num_frames(settings.num_frames)
+        continuing = settings.video is not None or settings.video_latents is not None
+        num_frames = self.check_num_frames(settings.num_frames, continuing=continuing)
         num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
         num_chunks = check_chunking(num_latent_frames, self.transformer.config.chunk_frames)
 
@@ -602,6 +619,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
         num_videos = batch_size * settings.num_videos_per_prompt
         paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
+        clip = self._open_video(settings, batch_size, num_chunks)
 
         # 3. Encode input prompt; embeddings the caller supplied get the rows and length of encoded ones
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -652,13 +670,17 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         kept_latents = []
         try:
             writers.extend(VideoStreamWriter(p, settings.height, settings.width, settings.fps) for p in paths)
+            if clip is not None:
+                state, prompt = yield from self._ingest_video(
+                    clip, state, prompt, decoder, writers, kept_latents, settings
+                )
 
             # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
             with self.progress_bar(total=self._num_timesteps) as progress_bar:
                 for chunk_index in range(num_chunks):
                     if self.interrupt:
                         break
-                    self._current_chunk = chunk_index
+                    self._current_chunk = state.num_chunks  # the absolute index, a continued clip's chunks counted
                     progress_bar.set_postfix_str(f"chunk {chunk_index + 1}/{num_chunks}", refresh=False)
 
                     # 6a. This chunk's noise (B, C, k, h, w), drawn only now
@@ -682,6 +704,61 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             written = self._close_writers(writers, kept_latents)
             if written_videos is not None:
                 written_videos.extend(written)
+
+    def _open_video(self, settings: _GenerationSettings, batch_size: int, num_chunks: int) -> VideoChunks | None:
+        """The clip to continue (`video` or `video_latents`) cut into chunks, checked before any work: its rows
+        against the prompts, its chunks and the `num_chunks` new ones against the rotary table. None without one."""
+        config = self.transformer.config
+        clip = open_video(
+            settings.video,
+            settings.video_latents,
+            height=settings.height,
+            width=settings.width,
+            fps=settings.fps,
+            chunk_frames=config.chunk_frames,
+            latent_channels=config.in_channels,
+            temporal_factor=self.vae_scale_factor_temporal,
+            spatial_factor=self.vae_scale_factor_spatial,
+        )
+        if clip is None:
+            return None
+        if clip.batch_size not in (1, batch_size):
+            raise ValueError(
+                f"The clip to continue has {clip.batch_size} rows for {batch_size} prompts: pass one clip for all, "
+                "or one per prompt."
+            )
+        check_positions(clip.num_chunks, num_chunks, config.chunk_frames, config.rope_max_seq_len)
+        return clip
+
+    def _ingest_video(
+        self,
+        clip: VideoChunks,
+        state: LaCTState,
+        prompt: _EncodedPrompt,
+        decoder: WanStreamingDecoder | None,
+        writers: list[VideoStreamWriter],
+        kept_latents: list[torch.Tensor],
+        settings: _GenerationSettings,
+    ) -> Iterator[np.ndarray | torch.Tensor | list]:
+        """Commit the clip's chunks into `state` one at a time, as clean chunks at t=0, the way generated chunks are
+        committed; the state and the prompt come back as the generator's return value.
+
+        Each chunk is encoded (the VAE's causal cache carried, `VideoChunks.latents`) and decoded through the
+        video's `decoder`, which primes its causal cache, so that the first generated frames join the clip without
+        a seam. With `return_input_video`, the decoded frames are yielded (and written) like generated chunks.
+        """
+        device = self._execution_device
+        for latents in clip.latents(self.vae):
+            # One clip for all videos, or one per prompt: (rows, C, k, h, w) -> a row per video, as the prompts
+            latents = latents.to(device).repeat_interleave(len(prompt.embeds) // clip.batch_size, dim=0)
+            state, prompt = self._commit_chunk(latents, state, prompt)
+            if settings.return_input_video:
+                if writers:
+                    kept_latents.append(latents.cpu())
+                yield self._decode_chunk(latents, decoder, writers, settings.output_type)
+            elif decoder is not None:
+                decoder.decode(self._denormalize(latents))
+        return state, prompt
 
     def _close_writers(self, writers: list[VideoStreamWriter], kept_latents: list[torch.Tensor]) -> list[WrittenVideo]:
         """Close every file and return what each holds; if any writer failed, save the generated latents
@@ -882,6 +959,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         max_sequence_length: int = 512,
         output_path: str | os.PathLike | list | None = None,
         fps: int = 16,
+        video: Any = None,
+        video_latents: torch.Tensor | None = None,
+        return_input_video: bool = False,
     ) -> LaCTVideoPipelineOutput | tuple:
         r"""
         Generate videos chunk by chunk (see `stream` for the chunk-wise generator).
@@ -929,7 +1009,25 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 .webm (VP9), checked before the first step (other containers raise `ValueError`). One path for
                 several videos gets `_0`, `_1`, ... suffixes. The chunks' latents are kept meanwhile (1/48 of the
                 frames' size): if ffmpeg fails, a `VideoWriteError` says where they were saved.
-            fps (`int`, defaults to 16): frame rate of the files written to `output_path`.
+            fps (`int`, defaults to 16): frame rate of the files written to `output_path`, and the rate a `video`
+                file is resampled to.
+            video (np, pt, a list of PIL images, or a path, *optional*):
+                A real clip to continue: np (F, H, W, 3) or (B, F, H, W, 3) in [0, 1] or uint8, pt (F, 3, H, W) or
+                (B, F, 3, H, W) in [0, 1] (or [-1, 1]), as diffusers' `VideoProcessor` takes them, or a video file
+                read chunk by chunk (resampled to `fps` by frame time, like the training data). One clip, or one per
+                prompt. Frames of another size are resized to cover `height` x `width` and center-cropped. Its whole
+                chunks (the first `4k - 3` frames, then `4k` each) are encoded one at a time, the VAE's causal cache
+                carried, and committed into the memory as clean chunks; trailing frames that fill no chunk are
+                dropped with a warning, and a clip shorter than one chunk raises `ValueError`. Generation then
+                continues at the next chunk, with the positions that follow: `num_frames` counts the new frames,
+                whole chunks of `4k` (`pipelines/video_input.py`).
+            video_latents (`torch.Tensor`, *optional*):
+                The clip as normalised latents (B, C, F, h, w) instead, `F` a multiple of `chunk_frames` (as
+                `output_type="latent"` returns them).
+            return_input_video (`bool`, defaults to `False`):
+                Whether the output (and `stream`, and the files) starts with the clip's frames, as the VAE decodes
+                its latents (the decoder that continues it), before the new frames. Either way the decoder's causal
+                cache is primed with the clip, so the new frames join it without a seam.
 
         Examples:
 
