@@ -1,7 +1,7 @@
 """diffusers pipelines for lact-video."""
 
 from .pipeline_lact_video import LaCTVideoPipeline, LaCTVideoPipelineOutput
-from .streaming import VideoStreamWriter, VideoWriteError, WanStreamingDecoder, WrittenVideo
+from .streaming import VideoStreamWriter, VideoWriteError, WanStreamingDecoder, WanStreamingEncoder, WrittenVideo
 
 __all__ = [
     "LaCTVideoPipeline",
@@ -9,5 +9,6 @@ __all__ = [
     "VideoStreamWriter",
     "VideoWriteError",
     "WanStreamingDecoder",
+    "WanStreamingEncoder",
     "WrittenVideo",
 ]

@@ -187,7 +187,7 @@ def _file_chunks(path: pathlib.Path, height: int, width: int, fps: float, bounds
         for chunk in range(num_chunks):
             start, end = bounds(chunk)
             chunk_frames = np.stack(list(itertools.islice(frames, end - start)))  # (f, H, W, 3) uint8
-            yield _from_rgb_array(chunk_frames[None])
+            yield _cover_and_crop(_from_rgb_array(chunk_frames[None]), height, width)  # already (height, width)
 
     return VideoChunks(num_chunks, 1, kept, chunks, encoded=False)
 
