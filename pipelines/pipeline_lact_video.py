@@ -712,9 +712,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         clip = open_video(
             settings.video,
             settings.video_latents,
-            height=settings.height,
-            width=settings.width,
-            fps=settings.fps,
+            (settings.height, settings.width),
+            settings.fps,
             chunk_frames=config.chunk_frames,
             latent_channels=config.in_channels,
             temporal_factor=self.vae_scale_factor_temporal,

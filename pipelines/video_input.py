@@ -53,8 +53,9 @@ from .streaming import WanStreamingEncoder
 logger = logging.get_logger(__name__)
 
 
-def chunk_frame_bounds(chunk: int, chunk_frames: int, temporal_factor: int) -> tuple[int, int]:
-    """Video frames [start, end) of chunk `chunk`: [0, 4k-3) for chunk 0, then 4k frames each (contract rule 1)."""
+def _chunk_frame_bounds(chunk: int, chunk_frames: int, temporal_factor: int) -> tuple[int, int]:
+    """Video frames [start, end) of chunk `chunk`: [0, 4k-3) for chunk 0, then 4k frames each (issue 15 contract
+    rule 1; a private copy until `lact_video.geometry` has `first_frame_of_chunk`)."""
     return max(video_num_frames(chunk * chunk_frames, temporal_factor), 0), video_num_frames(
         (chunk + 1) * chunk_frames, temporal_factor
     )
@@ -98,10 +99,9 @@ class VideoChunks:
 def open_video(
     video,
     video_latents: torch.Tensor | None,
-    *,
-    height: int,
-    width: int,
+    size: tuple[int, int],
     fps: float,
+    *,
     chunk_frames: int,
     latent_channels: int,
     temporal_factor: int,
@@ -112,7 +112,7 @@ def open_video(
     Args:
         video: frames or a file path (see the module docstring), or None.
         video_latents: normalised latents (B, C, F, h, w) instead of `video`, or None.
-        height, width: the video size in pixels; frames of another size are resized to cover it and cropped.
+        size: (height, width) of the video in pixels; frames of another size are resized to cover it and cropped.
         fps: the frame rate a file is resampled to (its frames are taken at the times i / fps).
         chunk_frames: `k`, latent frames per chunk; latent_channels: `C`.
         temporal_factor, spatial_factor: the VAE's compression (4 and 8 for Wan).
@@ -125,13 +125,14 @@ def open_video(
             the frames needed); latents of the wrong channels, size or length; a file that cannot be read.
         FileNotFoundError: `video` is a path to no file.
     """
+    height, width = size
     if video is not None and video_latents is not None:
         raise ValueError("Pass the clip to continue either as `video` (frames or a file) or as `video_latents`.")
     if video_latents is not None:
         return _latent_chunks(video_latents, height, width, chunk_frames, latent_channels, spatial_factor)
     if video is None:
         return None
-    bounds = functools.partial(chunk_frame_bounds, chunk_frames=chunk_frames, temporal_factor=temporal_factor)
+    bounds = functools.partial(_chunk_frame_bounds, chunk_frames=chunk_frames, temporal_factor=temporal_factor)
     if isinstance(video, (str, os.PathLike)):
         return _file_chunks(pathlib.Path(video), height, width, fps, bounds)
     frames, to_model_range = _as_frames(video)

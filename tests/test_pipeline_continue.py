@@ -1,6 +1,6 @@
 """Continuing a real clip (issue 15, section 1): the streaming VAE encoder, the clip as chunks, the pipeline.
 
-The tiny pipeline of tests/test_pipeline.py (memory opened), a clip of 2 chunks (21 frames at 32x32), 2 new
+The tiny pipeline of tests/test_pipeline.py (its `pipe` fixture: memory opened), a clip of 2 chunks (21 frames at 32x32), 2 new
 chunks. Continuing is checked against two references: the model's teacher-forcing forward on [clip chunks clean,
 generated chunk noisy], and the same model generating the whole video in one call.
 """
@@ -10,10 +10,11 @@ import logging
 import numpy as np
 import PIL.Image
 import pytest
+import test_pipeline
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.utils.torch_utils import randn_tensor
-from test_pipeline import LACT_CONFIG, NEGATIVE, PROMPT, SIZE, K, activate_memory, call_kwargs, frames_for
+from test_pipeline import LACT_CONFIG, NEGATIVE, PROMPT, SIZE, K, call_kwargs, frames_for
 from utils import assert_bitwise_equal, assert_rel_close
 from video_clips import encode
 
@@ -23,16 +24,9 @@ from lact_video.tiny import VAE_CONFIG
 from pipelines import LaCTVideoPipeline, WanStreamingEncoder
 from pipelines import video_input as video_input_module
 
+pipe = test_pipeline.pipe  # the module-scoped fixture: the tiny pipeline, memory opened
 CLIP_CHUNKS, NEW_CHUNKS = 2, 2
 NEW_FRAMES = 4 * K * NEW_CHUNKS  # continuing, num_frames counts the new frames: whole chunks of 4k
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_wan_dir):
-    pipe = LaCTVideoPipeline.from_wan(tiny_wan_dir, **LACT_CONFIG)
-    activate_memory(pipe.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def clip_frames(num_frames: int = frames_for(CLIP_CHUNKS), seed: int = 0) -> np.ndarray:
@@ -188,8 +182,7 @@ def test_a_file_is_read_one_chunk_at_a_time(clip_file, monkeypatch):
 
     monkeypatch.setattr(video_input_module, "read_frames", counting_read_frames)
     chunks = video_input_module.open_video(
-        str(path), None, height=SIZE, width=SIZE, fps=16, chunk_frames=K, latent_channels=16,
-        temporal_factor=4, spatial_factor=8,
+        str(path), None, (SIZE, SIZE), 16, chunk_frames=K, latent_channels=16, temporal_factor=4, spatial_factor=8,
     )  # fmt: skip
     assert (chunks.num_chunks, chunks.num_frames) == (CLIP_CHUNKS, frames_for(CLIP_CHUNKS))
     assert not taken  # opening only probes the file
