@@ -546,7 +546,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
         Takes the arguments of `__call__`. Yields, per chunk, the batch's new frames in the `output_type` of
         `__call__`'s `frames`: np (B, f, H, W, 3) floats in [0, 1], pt (B, f, 3, H, W), a list of B lists of PIL
-        images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k`;
+        images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k` (continuing a
+        `video`, the new chunks follow the clip's, which come first with `return_input_video` only);
         concatenating them along the frame axis gives `__call__`'s frames. With `output_path`, the frames are
         also appended to video file(s) as they come, and what the files hold is logged when they close. No frames
         accumulate, so memory stays flat however long the video is (but for the latents kept while writing
