@@ -191,6 +191,34 @@ def test_a_file_is_read_one_chunk_at_a_time(clip_file, monkeypatch):
     assert next(pixels).shape == (1, 3, 4 * K, SIZE, SIZE) and len(taken) == frames_for(2)
 
 
+def test_frames_of_another_size_are_resized_to_cover_and_center_cropped(pipe):
+    """A 32x48 clip at 32x32: the scale that covers is 1, so the picture is the middle 32 columns, exactly."""
+    wide = np.concatenate([clip_frames(seed=1)[:, :, :8], clip_frames(), clip_frames(seed=2)[:, :, -8:]], axis=2)
+    assert wide.shape[1:] == (SIZE, SIZE + 16, 3)
+    from_wide = pipe(**continue_kwargs(video=wide, output_type="latent")).frames
+    assert_bitwise_equal(from_wide, pipe(**continue_kwargs(video=clip_frames(), output_type="latent")).frames)
+
+
+def test_one_clip_serves_every_prompt(pipe):
+    prompts, seeds = [PROMPT, "waves crash on the rocks under a cloudy sky"], [3, 4]
+    batch = pipe(
+        **continue_kwargs(
+            prompt=prompts,
+            negative_prompt=[NEGATIVE] * 2,
+            video=clip_frames(),
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            output_type="latent",
+        )
+    ).frames
+    for row, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        alone = pipe(
+            **continue_kwargs(
+                prompt=prompt, video=clip_frames(), generator=torch.Generator().manual_seed(seed), output_type="latent"
+            )
+        ).frames
+        assert_rel_close(batch[row : row + 1], alone, 1e-5, f"video {row}")
+
+
 def test_frames_past_whole_chunks_are_dropped_with_a_warning(pipe, caplog):
     clip = clip_frames(frames_for(CLIP_CHUNKS) + 5)
     with caplog.at_level(logging.WARNING):
