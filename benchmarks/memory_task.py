@@ -1,20 +1,24 @@
 """A memory task small enough for a CPU: LaCT remembers what window attention cannot see.
 
-Synthetic latent clips of 6 chunks of one latent frame (8x8 latents, 16 tokens per chunk). Chunk 0
+Synthetic latent clips of chunks of one latent frame (8x8 latents, 16 tokens per chunk). Chunk 0
 shows a key: one of 4 colours (a latent channel vector) times one of 4 shapes (a spatial mask).
-Odd chunks are blank: the key is hidden. Chunks 2 and 4 show the key again. Window attention sees
-one chunk back, a blank one, so on chunks 2 and 4 the key lies beyond its window; LaCT's memory
+Odd chunks are blank: the key is hidden. Even chunks show the key again. Window attention sees
+one chunk back, a blank one, so on even chunks from 2 on the key lies beyond its window; LaCT's memory
 and full block-causal attention can still reach it.
 
-The three variants (`model.variant`) train with `finetune/finetune.py` on the same data, seed, recipe
-(`configs/memory_task.yaml`) and step budget, from the same random base, and are compared by
-`finetune/validate.py` on held-out clips. The clips are built in latent space: the task is about
-the transformer's memory, and a random tiny VAE would only blur what the key is.
+The three variants (`model.variant`) train with `finetune/finetune.py` on clips of 6 chunks, on the same
+data, seed, recipe (`configs/memory_task.yaml`) and step budget, from the same random base; a fourth,
+`lact_offset`, is LaCT trained with random rotary position offsets (`train.position_offset_max=18`). They are
+compared by the teacher-forcing loss per chunk (`lact_video.evaluation`) on held-out clips of 24 chunks built
+by the same rule, under every position policy (`LaCTConfig.position_policy`, docs/design.md Sec. 1.7): chunks
+6 to 23 lie past the training length. The clips are built in latent space: the task is about the
+transformer's memory, and a random tiny VAE would only blur what the key is.
 
-    python benchmarks/memory_task.py --json outputs/memory_task.json [--steps 600]
+    python benchmarks/memory_task.py --json outputs/memory_task.json [--steps 600] [--reuse_trained]
 
-Figures: `lact_vs_swa_late_chunks`, the mean loss over chunks 2..5 (after the window) of LaCT over
-SWA (target below 0.9), and `lact_vs_full_late_chunks` beside it.
+Figures, per policy: `lact_beyond_over_within`, LaCT's mean loss on chunks 6..23 over its mean on chunks 2..5
+(target <= 1.10 for the default policy), `lact_vs_swa_beyond`, LaCT over SWA on chunks 6..23 (target <= 0.90),
+the same two for `full_causal`, and `lact_vs_swa_late_chunks` (chunks 2..5, target below 0.9).
 """
 
 import argparse
@@ -25,19 +29,32 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 from common import report
 from diffusers import WanTransformer3DModel
 
+from lact_video import LaCTWanTransformer3DModel
 from lact_video.data.latent_cache import LatentCacheWriter
-from lact_video.models.lact_config import Variant
+from lact_video.evaluation.per_chunk_loss import PerChunkLoss, per_chunk_loss
+from lact_video.evaluation.report import write_report
+from lact_video.models.lact_config import PositionPolicy, Variant
 from lact_video.tiny import build_tiny_wan
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "memory_task.yaml"
 VARIANTS = tuple(variant.value for variant in Variant)
-CHANNELS, SIZE, NUM_CHUNKS = 16, 8, 6  # latent channels, latent height/width, chunks of one frame
+POLICIES = tuple(policy.value for policy in PositionPolicy)
+DEFAULT_POLICY = PositionPolicy.clamp.value  # the evaluated policy of the plot and the headline figures
+CHANNELS, SIZE, NUM_CHUNKS = 16, 8, 6  # latent channels, latent height/width, training chunks of one frame
+EVAL_CHUNKS = 24  # held-out clips: chunks NUM_CHUNKS..23 lie past the training length
 GEOMETRY = {"height": 64, "width": 64, "num_frames": 21, "fps": 16.0, "max_sequence_length": 16}
+# What each trained model overrides in the recipe: the variants, and LaCT with random position offsets that
+# cover the evaluated clips' positions (its trained_chunks, recorded by the trainer, is then EVAL_CHUNKS).
+TRAINED = {
+    **{variant: [f"model.variant={variant}"] for variant in VARIANTS},
+    "lact_offset": ["model.variant=lact", f"train.position_offset_max={EVAL_CHUNKS - NUM_CHUNKS}"],
+}
 
 
 def make_base(folder: pathlib.Path) -> pathlib.Path:
@@ -58,8 +75,8 @@ def make_base(folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
-def make_clips(num_clips: int, seed: int) -> torch.Tensor:
-    """(B, C, 6, 8, 8) latent clips: key, blank, key, blank, key, blank."""
+def make_clips(num_clips: int, seed: int, num_chunks: int = NUM_CHUNKS) -> torch.Tensor:
+    """(B, C, num_chunks, 8, 8) latent clips: the key on even chunks, blank odd chunks."""
     g = torch.Generator().manual_seed(1234)  # the colours and shapes: the same for every split
     colours = 1.5 * torch.randn(4, CHANNELS, generator=g)
     y, x = torch.meshgrid(torch.arange(SIZE) - 3.5, torch.arange(SIZE) - 3.5, indexing="ij")
@@ -68,7 +85,7 @@ def make_clips(num_clips: int, seed: int) -> torch.Tensor:
     colour = torch.randint(0, 4, (num_clips,), generator=g)
     shape = torch.randint(0, 4, (num_clips,), generator=g)
     key = colours[colour][:, :, None, None] * shapes[shape][:, None]  # (B, C, 8, 8)
-    clips = torch.zeros(num_clips, CHANNELS, NUM_CHUNKS, SIZE, SIZE)
+    clips = torch.zeros(num_clips, CHANNELS, num_chunks, SIZE, SIZE)
     clips[:, :, 0::2] = key[:, :, None]
     return clips
 
@@ -86,48 +103,117 @@ def run(script: str, *args: str, threads: int) -> None:
     subprocess.run([sys.executable, str(ROOT / "finetune" / script), *args], check=True, cwd=ROOT, env=env)
 
 
+def evaluate(folder: pathlib.Path, policy: str, clips: torch.Tensor) -> tuple[PerChunkLoss, int]:
+    """The teacher-forcing loss per chunk of a trained model (its exported `transformer/`) under `policy`, on
+    `clips`, with the per-clip noise of `per_chunk_loss` (identical for every model and policy); and the model's
+    training length in chunks (recorded by the trainer; NUM_CHUNKS for folders trained before it was)."""
+    transformer = folder / "transformer"
+    trained = json.loads((transformer / "config.json").read_text()).get("trained_chunks") or NUM_CHUNKS
+    model = LaCTWanTransformer3DModel.from_pretrained(transformer, position_policy=policy, trained_chunks=trained)
+    prompt = torch.zeros(1, GEOMETRY["max_sequence_length"], 32)
+    result = per_chunk_loss(model.eval(), lambda i: (clips[i : i + 1], prompt), len(clips))
+    return result, trained
+
+
+def ratio(a: np.ndarray, b: np.ndarray, chunks: slice, b_chunks: slice | None = None) -> float:
+    """Mean of `a` over `chunks` over the mean of `b` over `b_chunks` (default: the same chunks)."""
+    return float(a[chunks].mean() / b[b_chunks or chunks].mean())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--output_dir", default="outputs/memory_task")
     parser.add_argument("--steps", type=int, default=600, help="optimizer steps per variant (batch 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the training processes")
+    parser.add_argument(
+        "--reuse_trained",
+        action="store_true",
+        help="keep the models already trained (exported) in output_dir, with the steps they had; train the others",
+    )
+    parser.add_argument("--num_clips", type=int, default=32, help="held-out clips of 24 chunks")
+    parser.add_argument(
+        "--without_offset", action="store_true", help="skip lact_offset (LaCT trained with random position offsets)"
+    )
     args = parser.parse_args()
     out = (ROOT / args.output_dir).resolve()
 
-    # 1. Data and the shared random base
-    base = make_base(out / "base")
-    train, val = write_cache(out / "train_cache", 4096, seed=0), write_cache(out / "val_cache", 64, seed=1)
+    # 1. What to train: every model, or (--reuse_trained) those not yet exported in output_dir
+    trained = {name: o for name, o in TRAINED.items() if not (args.without_offset and name == "lact_offset")}
+    missing = [n for n in trained if not (args.reuse_trained and (out / n / "transformer" / "config.json").exists())]
 
-    # 2. Train every variant on the same budget
+    # 2. Data and the shared random base, then train on the same budget
     seconds = {}
-    for variant in VARIANTS:
+    if missing:
+        base = make_base(out / "base")
+        train = write_cache(out / "train_cache", 4096, seed=0)
+    for name in missing:
         start = time.perf_counter()
         run(
-            "finetune.py", "--config", str(RECIPE), f"model.pretrained_model_name_or_path={base}",
-            f"model.variant={variant}", f"data.cache_dir={train}", f"train.output_dir={out / variant}",
-            f"train.max_train_steps={args.steps}", threads=args.threads,
+            "finetune.py", "--config", str(RECIPE), f"model.pretrained_model_name_or_path={base}", *trained[name],
+            f"data.cache_dir={train}", f"train.output_dir={out / name}", f"train.max_train_steps={args.steps}",
+            threads=args.threads,
         )  # fmt: skip
-        seconds[variant] = time.perf_counter() - start
+        seconds[name] = time.perf_counter() - start
 
-    # 3. Per-chunk report on held-out clips, identical noise for all variants
-    run(
-        "validate.py", "--data_dir", str(val), "--checkpoints", *(str(out / m) for m in VARIANTS),
-        "--names", *VARIANTS, "--output_dir", str(out / "report"), "--config", str(RECIPE),
-        f"model.pretrained_model_name_or_path={base}", threads=args.threads,
-    )  # fmt: skip
-    results = json.loads((out / "report" / "per_chunk_loss.json").read_text())
-    late = {v: sum(results[v]["mean_per_chunk"][2:]) / (NUM_CHUNKS - 2) for v in VARIANTS}
+    # 3. Per-chunk loss on held-out 24-chunk clips, identical noise for every model and policy. Policies act at
+    # inference only, so each is evaluated on the same weights. SWA is evaluated once: without a memory a bounded
+    # policy changes only rounding (tests/test_position_policy.py). lact_offset runs at its own positions.
+    torch.set_num_threads(args.threads)
+    clips = make_clips(args.num_clips, seed=1, num_chunks=EVAL_CHUNKS)
+    results = {(v, p): evaluate(out / v, p, clips)[0] for v in ("lact", "full_causal") for p in POLICIES}
+    results["swa", "absolute"] = evaluate(out / "swa", "absolute", clips)[0]
+    loss = {key: r.mean_per_chunk for key, r in results.items()}
+    swa = loss["swa", "absolute"]
+    within, beyond = slice(2, NUM_CHUNKS), slice(NUM_CHUNKS, EVAL_CHUNKS)
+    policies = {}
+    for p in POLICIES:
+        lact, full = loss["lact", p], loss["full_causal", p]
+        policies[p] = {
+            "lact_beyond_over_within": ratio(lact, lact, beyond, within),
+            "lact_vs_swa_beyond": ratio(lact, swa, beyond),
+            "full_causal_beyond_over_within": ratio(full, full, beyond, within),
+            "full_causal_vs_swa_beyond": ratio(full, swa, beyond),
+            "lact_vs_full_causal_beyond": ratio(lact, full, beyond),
+        }
+    default = loss["lact", DEFAULT_POLICY], loss["full_causal", DEFAULT_POLICY]
     figures = {
-        "lact_vs_swa_late_chunks": late["lact"] / late["swa"],
-        "lact_vs_full_late_chunks": late["lact"] / late["full_causal"],
-        **{f"late_chunk_loss_{m}": late[m] for m in VARIANTS},
-        **{f"mean_per_chunk_{m}": [round(x, 4) for x in results[m]["mean_per_chunk"]] for m in VARIANTS},
-        **{f"train_seconds_{m}": seconds[m] for m in VARIANTS},
-        "steps_per_variant": args.steps,
-        "threads": args.threads,
-        "report": str(out / "report" / "report.md"),
+        **{f"{key}[{p}]": value for p, row in policies.items() for key, value in row.items()},
+        "swa_beyond_over_within": ratio(swa, swa, beyond, within),
+        "lact_vs_swa_late_chunks": ratio(default[0], swa, within),
+        "lact_vs_full_late_chunks": ratio(default[0], default[1], within),
+        "default_policy": DEFAULT_POLICY,
     }
+    if "lact_offset" in trained:
+        results["lact_offset", "absolute"], offset_trained = evaluate(out / "lact_offset", "absolute", clips)
+        offset = loss["lact_offset", "absolute"] = results["lact_offset", "absolute"].mean_per_chunk
+        figures |= {
+            "lact_offset_beyond_over_within[absolute]": ratio(offset, offset, beyond, within),
+            "lact_offset_vs_swa_beyond[absolute]": ratio(offset, swa, beyond),
+            "lact_offset_trained_chunks": offset_trained,
+        }
+    figures |= {
+        **{f"mean_per_chunk_{v}[{p}]": [round(float(x), 4) for x in loss[v, p]] for v, p in loss},
+        **{f"train_seconds_{m}": seconds[m] for m in seconds},
+        "steps_per_model": args.steps if not args.reuse_trained else "as trained (reused; see each run's metrics)",
+        "trained_chunks": NUM_CHUNKS,
+        "eval_chunks": EVAL_CHUNKS,
+        "eval_clips": args.num_clips,
+        "threads": args.threads,
+    }
+
+    # 4. The report: LaCT and full_causal under the default policy and under absolute positions, SWA, lact_offset.
+    shown = {
+        f"lact ({DEFAULT_POLICY})": results["lact", DEFAULT_POLICY],
+        "lact (absolute)": results["lact", "absolute"],
+        "swa": results["swa", "absolute"],
+        f"full_causal ({DEFAULT_POLICY})": results["full_causal", DEFAULT_POLICY],
+        "full_causal (absolute)": results["full_causal", "absolute"],
+    }
+    if "lact_offset" in trained:
+        shown["lact_offset (absolute)"] = results["lact_offset", "absolute"]
+    title = f"Memory task: {EVAL_CHUNKS}-chunk clips, trained on {NUM_CHUNKS}, position_policy={DEFAULT_POLICY}"
+    figures["report"] = str(write_report(shown, out / "report", title, trained_chunks=NUM_CHUNKS)["markdown"])
     report(figures, args.json)
 
 

@@ -140,6 +140,32 @@ def check_chunking(num_latent_frames: int, chunk_frames: int) -> int:
     return num_latent_frames // chunk_frames
 
 
+def first_frame_of_chunk(chunk: int, chunk_frames: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
+    """The first video frame of chunk `chunk` (absolute index, counted from the video's first frame).
+
+    Chunk 0 holds the frames [0, t k - (t - 1)) (the VAE encodes the first frame alone), every later chunk
+    the next `t k` frames, so chunk c >= 1 starts at `t k c - (t - 1)`: the frames decoded from the c chunks
+    before it (`video_num_frames(c k)`). docs/design.md, Sec. 3.7.
+
+    Raises:
+        ValueError: when `chunk` is negative.
+    """
+    if chunk < 0:
+        raise ValueError(f"chunk={chunk}: chunk indices count from 0.")
+    return max(temporal_factor * chunk_frames * chunk - (temporal_factor - 1), 0)
+
+
+def chunk_of_frame(frame: int, chunk_frames: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
+    """The chunk (absolute index) that holds video frame `frame`; the inverse of `first_frame_of_chunk`.
+
+    Raises:
+        ValueError: when `frame` is negative.
+    """
+    if frame < 0:
+        raise ValueError(f"frame={frame}: video frames count from 0.")
+    return (frame + temporal_factor - 1) // (temporal_factor * chunk_frames)
+
+
 def latent_size(height: int, width: int, spatial_factor: int = VAE_SPATIAL_FACTOR) -> tuple[int, int]:
     """Latent (h, w) of a (height, width) pixel frame, as `WanPipeline.prepare_latents`: pixels // 8."""
     return int(height) // spatial_factor, int(width) // spatial_factor

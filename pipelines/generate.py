@@ -6,6 +6,16 @@
 `DIR` is a LaCT pipeline folder (exported by finetune/finetune.py, or `save_pretrained`), or a plain
 Wan2.1 diffusers folder with `--from_wan` (patched, untrained: window attention only; `--lact KEY=VALUE`
 sets the LaCT config, e.g. `--lact fw_head_dim=128 --lact chunk_frames=2`).
+
+Switch prompts inside the video with `--prompt_at FRAME TEXT` (repeatable): `--prompt` holds from frame 0, each
+TEXT from its video FRAME on, rounded to the nearest chunk start (`--negative_prompt_at` likewise):
+
+    python scripts/generate.py --model DIR --prompt "a cat walks on the grass" \\
+        --prompt_at 97 "the cat jumps onto a wall" --num_frames 189 --output cat.mp4
+
+Pause and go on later (docs/design.md, Sec. 3.6): `--save_state state.safetensors` saves the generation state
+after the last chunk; `--resume_state state.safetensors --num_frames 48 --output more.mp4` makes the next 48
+frames (a multiple of 4 * chunk_frames), exactly those one longer run would have made, into their own file.
 """
 
 import argparse
@@ -17,9 +27,13 @@ import torch
 import yaml
 
 import lact_video
+from lact_video.errors import ConfigError, exit_on_config_error
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 
+from .generation_state import LaCTGenerationState, StateMismatchError
 from .pipeline_lact_video import LaCTVideoPipeline
+from .prompt_schedule import schedule_entries
+from .state_io import StateFileError
 from .streaming import CONTAINER_CODECS, container_codec
 
 
@@ -38,6 +52,34 @@ def parse_lact_options(items: list[str], parser: argparse.ArgumentParser) -> dic
     return config
 
 
+def prompt_schedule(text: str | None, switches: list[list[str]], flag: str, parser: argparse.ArgumentParser):
+    """`--prompt TEXT` and its `--prompt_at FRAME TEXT` switches (`flag` names them) -> the pipeline's prompt: the
+    text alone, or a schedule {0: TEXT, FRAME: TEXT, ...} by increasing frame, checked before any model loads
+    (`pipelines.prompt_schedule`). Frames round to chunk starts later, in the pipeline, which knows the chunks.
+
+    Raises:
+        ConfigError: for an empty text or a frame given twice (the command prints it as one line).
+    """
+    if not switches:
+        return text
+    base = flag.removesuffix("_at")
+    if text is None and base == "--prompt":
+        parser.error(f"{flag} FRAME TEXT switches from the {base} text: give {base} (the text from frame 0) too")
+    schedule = {0: "" if text is None else text}  # no --negative_prompt: Wan's empty negative prompt
+    for frame, switch in switches:
+        if not frame.isdigit():
+            parser.error(f"{flag} {frame!r} {switch!r}: FRAME must be a video frame index (an integer >= 0)")
+        if int(frame) in schedule:
+            parser.error(
+                f"{flag} {frame}: frame {frame} already has a text"
+                + (f" ({base} holds from frame 0)" if frame == "0" else "")
+            )
+        schedule[int(frame)] = switch
+    schedule = dict(sorted(schedule.items()))
+    schedule_entries(schedule, flag, negative=base == "--negative_prompt")
+    return schedule
+
+
 def check_output(output: str, parser: argparse.ArgumentParser) -> None:
     """Refuse, before any model loads, an --output the writer cannot encode or write: its container
     (`container_codec`), a folder that cannot be created, or one where no file can be made (probed with a
@@ -54,11 +96,31 @@ def check_output(output: str, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--output: {error}")
     if path.is_dir():
         parser.error(f"--output {output} is a folder: give a file name, e.g. {path / 'video.mp4'}")
+    check_writable_folder("--output", path, parser)
+
+
+def check_writable_folder(flag: str, path: pathlib.Path, parser: argparse.ArgumentParser) -> None:
+    """Refuse a file `path` whose folder cannot be created, or where no file can be made (probed with a temporary
+    file, removed at once). The folder is created as the writer would create it."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as error:
-        parser.error(f"--output {output}: cannot write in {path.parent} ({error.strerror}); choose another folder")
+        parser.error(f"{flag} {path}: cannot write in {path.parent} ({error.strerror}); choose another folder")
+
+
+def load_resume_state(path: str) -> LaCTGenerationState:
+    """The state file of `--resume_state`, read before any model loads.
+
+    Raises:
+        ConfigError: the file is missing, not a state file, or of a newer format.
+    """
+    if not pathlib.Path(path).is_file():
+        raise ConfigError(f"--resume_state {path}: no such file (write one with --save_state)")
+    try:
+        return LaCTGenerationState.load(path)
+    except StateFileError as error:
+        raise ConfigError(f"--resume_state: {error}") from error
 
 
 def main(argv=None) -> None:
@@ -73,8 +135,18 @@ def main(argv=None) -> None:
         metavar="KEY=VALUE",
         help="with --from_wan, a LaCT config key (repeatable; the model's defaults otherwise)",
     )
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", help="the prompt (from frame 0 when --prompt_at switches later)")
     parser.add_argument("--negative_prompt", default=None)
+    for name in ("prompt", "negative_prompt"):
+        parser.add_argument(
+            f"--{name}_at",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("FRAME", "TEXT"),
+            help=f"switch the {name.replace('_', ' ')} to TEXT from video frame FRAME on, rounded to the nearest "
+            "chunk start (repeatable)",
+        )
     parser.add_argument("--num_frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -83,10 +155,26 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--guidance_scale", type=float, default=5.0)
     parser.add_argument("--max_sequence_length", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="noise seed (default: 0; with --resume_state, the saved generator goes on unless a seed is given)",
+    )
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument(
         "--output", default="video.mp4", help=f"the video file: {', '.join(CONTAINER_CODECS)} (default: video.mp4)"
+    )
+    parser.add_argument(
+        "--save_state",
+        metavar="PATH",
+        help="save the generation state after the last chunk to PATH (safetensors), to go on with --resume_state",
+    )
+    parser.add_argument(
+        "--resume_state",
+        metavar="PATH",
+        help="go on from a state saved with --save_state, with the same model, size and guidance: --num_frames "
+        "counts the new frames (a multiple of 4 * chunk_frames), and --output gets them alone",
     )
     parser.add_argument(
         "--compile",
@@ -101,7 +189,25 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.lact and not args.from_wan:
         parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
+    if args.prompt is None and not args.prompt_at:
+        parser.error("the following arguments are required: --prompt")
     check_output(args.output, parser)
+    if args.save_state:
+        check_writable_folder("--save_state", pathlib.Path(args.save_state), parser)
+    with exit_on_config_error():  # a bad schedule or state file, also one found by the pipeline, is one line
+        generate(args, parser)
+
+
+def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Load the model, check a state to go on from against it, generate, write the video and save the state.
+
+    Raises:
+        ConfigError: the `--resume_state` file cannot be read, or was made with another model, size or guidance;
+            a prompt schedule is invalid.
+    """
+    prompt = prompt_schedule(args.prompt, args.prompt_at, "--prompt_at", parser)
+    negative_prompt = prompt_schedule(args.negative_prompt, args.negative_prompt_at, "--negative_prompt_at", parser)
+    state = load_resume_state(args.resume_state) if args.resume_state else None
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -114,22 +220,36 @@ def main(argv=None) -> None:
         pipe.transformer.compile(fullgraph=True)
     elif args.compile == "regional":
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
+    if state is not None:
+        try:
+            guidance = args.guidance_scale > 1
+            state.check_matches(
+                pipe, height=args.height, width=args.width, num_videos=1, guidance=guidance, decoding=True
+            )
+        except StateMismatchError as error:
+            raise ConfigError(f"--resume_state {args.resume_state}: {error}") from error
+    seed = 0 if args.seed is None and state is None else args.seed
     start = time.perf_counter()
     out = pipe(
-        args.prompt,
-        negative_prompt=args.negative_prompt,
+        prompt,
+        negative_prompt=negative_prompt,
         num_frames=args.num_frames,
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         max_sequence_length=args.max_sequence_length,
-        generator=torch.Generator().manual_seed(args.seed),
+        generator=None if seed is None else torch.Generator().manual_seed(seed),
         output_path=args.output,
         fps=args.fps,
+        state=state,
+        return_state=bool(args.save_state),
     )
     # What the file holds, read back from it (num_frames may have been rounded to whole chunks).
     print(f"Wrote {out.written_videos[0]} in {time.perf_counter() - start:.1f} s")
+    if args.save_state:
+        out.state.save(args.save_state)
+        print(f"Saved the state after chunk {out.state.next_chunk} to {args.save_state}: go on with --resume_state")
 
 
 def cli() -> None:

@@ -46,7 +46,9 @@ from lact_video.models import LaCTWanTransformer3DModel
 from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
 from lact_video.state import LaCTState, TextContext
 
+from .generation_state import LaCTGenerationState, LaCTVideoChunk
 from .lora import LaCTLoraLoaderMixin
+from .prompt_schedule import PromptArgument, PromptSchedule, PromptText, ScheduledPrompts, schedule_entries
 from .streaming import (
     VideoStreamWriter,
     VideoWriteError,
@@ -55,7 +57,7 @@ from .streaming import (
     container_codec,
     video_paths,
 )
-from .video_input import VideoChunks, check_positions, open_video
+from .video_input import VideoChunks, open_video
 
 logger = logging.get_logger(__name__)
 
@@ -91,17 +93,20 @@ EXAMPLE_DOC_STRING = """
 @dataclass
 class LaCTVideoPipelineOutput(WanPipelineOutput):
     r"""
-    Output of `LaCTVideoPipeline`: `WanPipelineOutput` plus the files written.
+    Output of `LaCTVideoPipeline`: `WanPipelineOutput` plus the files written and the generation state.
 
     Args:
         frames: as in `WanPipelineOutput`: np (B, F, H, W, 3), pt (B, F, 3, H, W), a list of lists of PIL
             images, or latents (B, C, F, h, w). `None` when the videos went to `output_path` instead.
         video_paths: the video files written (one per video) when `output_path` was given.
         written_videos: what those files hold, read back from them: frames, size, fps and codec.
+        state: with `return_state=True`, the state after the last finished chunk, to go on from
+            (`pipelines.generation_state.LaCTGenerationState`).
     """
 
     video_paths: list[str] | None = None
     written_videos: list[WrittenVideo] | None = None
+    state: LaCTGenerationState | None = None
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,8 @@ class _GenerationSettings:
     """The arguments of one `LaCTVideoPipeline.__call__` or `stream` call but `return_dict`, defaults applied
     (documented in `__call__`): everything one generation needs, collected once."""
 
-    prompt: str | list[str] | None
-    negative_prompt: str | list[str] | None
+    prompt: PromptArgument | None
+    negative_prompt: PromptArgument | None
     height: int
     width: int
     num_frames: int
@@ -127,6 +132,8 @@ class _GenerationSettings:
     max_sequence_length: int
     output_path: str | os.PathLike | list | None
     fps: int
+    state: LaCTGenerationState | None
+    return_state: bool
     video: Any
     video_latents: torch.Tensor | None
     return_input_video: bool
@@ -139,11 +146,12 @@ class _GenerationSettings:
 
 @dataclass(frozen=True)
 class _EncodedPrompt:
-    """A video's prompt as the transformer takes it, through every call of the video.
+    """A prompt as the transformer takes it (a plain prompt, or one entry of a schedule with the negative entry
+    in force beside it: `ScheduledPrompts`), through every call of its chunks.
 
     `embeds` and `negative_embeds` (B, L, D) are what callbacks see and may replace. `text_context`, their
-    cross-attention keys and values, is projected by the video's first transformer call and handed back for
-    every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
+    cross-attention keys and values, is projected by the first transformer call with this prompt and handed back
+    for every later call (through the transformer's forward, so that offloading hooks run); `None` until then, and
     again after a callback replaced the embeddings.
     """
 
@@ -175,16 +183,16 @@ def _same_length(
     return embeds, negative_embeds
 
 
-def _concatenate_chunks(chunks: Iterator[np.ndarray | torch.Tensor | list], output_type: str):
+def _concatenate_chunks(chunks: list[np.ndarray | torch.Tensor | list], output_type: str):
     """Chunks' frames (see `LaCTVideoPipeline.stream`) joined along the frame axis, as `__call__` returns them."""
     if output_type == "np":
-        return np.concatenate(list(chunks), axis=1)
+        return np.concatenate(chunks, axis=1)
     if output_type == "pil":
         videos = None
         for frames in chunks:
             videos = frames if videos is None else [v + f for v, f in zip(videos, frames)]
         return videos
-    return torch.cat(list(chunks), dim=1 if output_type == "pt" else 2)  # pt: (B, F, 3, H, W); latent: (B, C, F, h, w)
+    return torch.cat(chunks, dim=1 if output_type == "pt" else 2)  # pt: (B, F, 3, H, W); latent: (B, C, F, h, w)
 
 
 def _as_normal_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -382,12 +390,10 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             raise ValueError(
                 "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
             )
-        elif prompt is not None and (not isinstance(prompt, str) and not isinstance(prompt, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        elif negative_prompt is not None and (
-            not isinstance(negative_prompt, str) and not isinstance(negative_prompt, list)
-        ):
-            raise ValueError(f"`negative_prompt` has to be of type `str` or `list` but is {type(negative_prompt)}")
+        # A text, a batch of texts, or a schedule of them (pipelines/prompt_schedule.py); an empty negative text is
+        # Wan's default.
+        schedule_entries(prompt, "prompt")
+        schedule_entries(negative_prompt, "negative_prompt", negative=True)
 
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
@@ -434,26 +440,27 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             container_codec(path)
         return paths
 
-    def check_num_frames(self, num_frames: int, continuing: bool = False) -> int:
+    def check_num_frames(self, num_frames: int, continuing: bool = False, first_chunk: int = 0) -> int:
         """Round `num_frames` to whole chunks and check it against the rotary table; returns the new value.
 
         Valid values are `4 * F - 3` with `F` latent frames a multiple of `chunk_frames`. Like `WanPipeline`,
         other values are rounded down (to `4n + 1`, then to whole chunks, at least one) with a warning.
-
-        Continuing a clip, `num_frames` counts the new frames, whole chunks of `4k` frames: other values are
-        rounded down (at least one chunk) with a warning, and the caller checks the rotary table with the clip's
-        chunks counted (`video_input.check_positions`).
+        `continuing`: the frames follow earlier chunks, so they count the new frames only, `4 * chunk_frames`
+        per chunk (other values are rounded down to whole chunks, at least one, with a warning); the rotary
+        table must then reach the last new chunk's absolute index, counted from `first_chunk`, the first new one.
         """
         t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
-        if continuing:
-            rounded = max(num_frames // (t * k), 1) * t * k
-            if rounded != num_frames:
-                logger.warning(
-                    f"Continuing a video, num_frames counts the new frames, whole chunks of {t * k} frames: "
-                    f"generating num_frames={rounded} instead of {num_frames}."
-                )
-            return rounded
         requested = num_frames
+        if continuing:
+            step = t * k
+            num_frames = max(num_frames // step, 1) * step
+            if num_frames != requested:
+                logger.warning(
+                    f"num_frames={requested} counts the new frames only, after the {first_chunk} chunk(s) before this "
+                    f"call (a state's or a clip's), {step} per chunk (chunk_frames={k}): generating num_frames={num_frames} "
+                    f"({num_frames // step} chunks) instead."
+                )
+            return self._check_rotary_table(num_frames, first_chunk * k + num_frames // t, first_chunk)
         rounded = round_num_frames(num_frames, k, t)
         num_frames, num_latent_frames = rounded.num_frames, rounded.latent_frames
         if rounded.to_4n_plus_1:
@@ -465,15 +472,31 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 f"are {t} * F - {t - 1} with F a multiple of {k} ({examples}, ...). Generating "
                 f"num_frames={num_frames} ({num_latent_frames} latent frames, {num_latent_frames // k} chunks) instead."
             )
+        return self._check_rotary_table(num_frames, num_latent_frames)
+
+    def _check_rotary_table(self, num_frames: int, num_latent_frames: int, first_chunk: int = 0) -> int:
+        """Refuse a video whose last chunk ends at latent frame `num_latent_frames` (absolute; this call's frames
+        start at chunk `first_chunk`) past the rotary table; returns `num_frames`. Only absolute positions can
+        pass the table: a bounded `position_policy` (with `trained_chunks`) stops them below it."""
+        t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
         limit = self.transformer.config.rope_max_seq_len
-        if num_latent_frames > limit:
+        if self.transformer.rotary_latent_frames(num_latent_frames) > limit:  # a bounded position_policy stops early
             longest = video_num_frames(limit // k * k, t)
+            earlier = (
+                f": the {first_chunk} chunks before this call, a state's or a clip's, included" if first_chunk else ""
+            )
+            config = self.transformer.config
+            policy = f"position_policy={str(getattr(config.position_policy, 'value', config.position_policy))!r}"
+            if config.trained_chunks is None:
+                policy += " (trained_chunks unknown, so absolute positions)"
             raise ValueError(
-                f"num_frames={num_frames} needs {num_latent_frames} latent frames, past the transformer's rotary table "
-                f"(rope_max_seq_len={limit} latent frames: at most num_frames={longest}). The table holds no weights, "
+                f"num_frames={num_frames} needs {num_latent_frames} latent frames (the video's, counted from its "
+                f"start{earlier}), under {policy} past the transformer's rotary table (rope_max_seq_len={limit} latent frames: at most "
+                f"num_frames={longest} in all). The table holds no weights, "
                 "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
                 "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
-                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`."
+                "rope_max_seq_len=...)` passed to `LaCTVideoPipeline.from_pretrained`; or load it with "
+                "a bounded position_policy ('clamp' or 'cyclic', with trained_chunks), whose positions stop there."
             )
         return num_frames
 
@@ -533,14 +556,15 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
     @property
     def current_chunk(self):
-        """Index of the chunk being denoised (`None` outside generation)."""
+        """Index of the chunk being denoised, counted from the video's first chunk (after a `state=`, its chunks
+        included); `None` outside generation."""
         return self._current_chunk
 
     @property
     def interrupt(self):
         return self._interrupt
 
-    def stream(self, *args, **kwargs) -> Iterator[np.ndarray | torch.Tensor | list]:
+    def stream(self, *args, **kwargs) -> Iterator[np.ndarray | torch.Tensor | list | LaCTVideoChunk]:
         r"""
         Generate chunk by chunk and yield every chunk's frames as soon as it is decoded.
 
@@ -554,9 +578,16 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         files, 1/48 of the frames' size; see `__call__`). Stopping the iteration early closes the files with the
         chunks so far.
 
+        With `return_state=True`, every item is a `LaCTVideoChunk(frames, state)` instead: the frames, and the
+        state after that chunk (committed, the last one too), which `state=` takes to go on from there, at once or
+        after `state.save(path)` in another process. The state goes out with each chunk, rather than through an
+        object passed in, so that it stays explicit and immutable, and so that a caller who stops iterating at any
+        chunk holds the state that fits the frames it has. A chunk interrupted by `pipe._interrupt` comes with the
+        state after the last chunk that finished (docs/design.md, Sec. 3.6).
+
         Generation runs under `torch.inference_mode`. The tensors yielded here are ordinary tensors, but those a
         `callback_on_step_end` receives are inference tensors: to keep one and edit it in place after the call,
-        clone it under `torch.inference_mode(False)`.
+        clone it under `torch.inference_mode(False)`. So are the state's: they are never modified in place.
         """
         # Bound when the first chunk is asked for, as the arguments of the inference_mode-wrapped generator
         # were before; a wrong one raises the TypeError Python would.
@@ -565,7 +596,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         except TypeError as error:
             raise TypeError(f"{LaCTVideoPipeline.stream.__qualname__}() {error}") from None
         arguments.apply_defaults()
-        yield from self._generate(_GenerationSettings.from_arguments(arguments.arguments))
+        settings = _GenerationSettings.from_arguments(arguments.arguments)
+        for chunk in self._generate(settings):
+            yield chunk if settings.return_state else chunk.frames
 
     # inference_mode rather than no_grad: a chunk's forward is a few hundred small kernels, and skipping
     # autograd's view and version bookkeeping on each pays (README, Benchmarks). Yielded tensors are copied out
@@ -573,8 +606,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
     @torch.inference_mode()
     def _generate(
         self, settings: _GenerationSettings, written_videos: list[WrittenVideo] | None = None
-    ) -> Iterator[np.ndarray | torch.Tensor | list]:
-        """The generation behind `stream` and `__call__`: yields every chunk's frames (see `stream`).
+    ) -> Iterator[LaCTVideoChunk]:
+        """The generation behind `stream` and `__call__`: yields every chunk's frames (see `stream`) with the state
+        after it (`None` without `return_state`).
 
         With `output_path`, what the files hold (read back from them) is logged and appended to `written_videos`.
         """
@@ -598,8 +632,18 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             settings.callback_on_step_end_tensor_inputs,
             settings.output_type,
         )
-        continuing = settings.video is not None or settings.video_latents is not None
-        num_frames = self.check_num_frames(settings.num_frames, continuing=continuing)
+        if settings.state is not None and (settings.video is not None or settings.video_latents is not None):
+            raise ValueError(
+                "A clip (`video=` / `video_latents=`) starts a video, and `state=` goes on with one: pass one of them. "
+                "To continue a clip and go on later, pass the clip with `return_state=True`, then `state=` the state "
+                "handed back (docs/design.md, Sec. 3.8)."
+            )
+        clip = self._open_video(settings)
+        # The first chunk this call generates, by absolute index: after a resumed state's chunks, or a clip's.
+        first_chunk = settings.state.next_chunk if settings.state is not None else 0
+        if clip is not None:
+            first_chunk = clip.num_chunks
+        num_frames = self.check_num_frames(settings.num_frames, continuing=first_chunk > 0, first_chunk=first_chunk)
         num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
         num_chunks = check_chunking(num_latent_frames, self.transformer.config.chunk_frames)
 
@@ -610,46 +654,65 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
         device = self._execution_device
 
-        # 2. Define call parameters, and check the output files before any work
-        if settings.prompt is not None and isinstance(settings.prompt, str):
-            batch_size = 1
-        elif settings.prompt is not None and isinstance(settings.prompt, list):
-            batch_size = len(settings.prompt)
-        else:
-            batch_size = settings.prompt_embeds.shape[0]
+        # 2. Define call parameters, and check the output files before any work. Every prompt is a schedule by
+        # absolute chunk index (one entry for a plain text); its frames round to chunk starts here.
+        k, t = self.transformer.config.chunk_frames, self.vae_scale_factor_temporal
+        schedule = PromptSchedule.from_argument(settings.prompt, settings.prompt_embeds, "prompt", k, t)
+        negative_schedule = PromptSchedule.from_argument(
+            settings.negative_prompt or "", settings.negative_prompt_embeds, "negative_prompt", k, t, negative=True
+        )
+        batch_size = schedule.batch_size
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
         num_videos = batch_size * settings.num_videos_per_prompt
         paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
-        clip = self._open_video(settings, batch_size, num_chunks)
-
-        # 3. Encode input prompt; embeddings the caller supplied get the rows and length of encoded ones
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=settings.prompt,
-            negative_prompt=settings.negative_prompt,
-            prompt_embeds=settings.prompt_embeds,
-            negative_prompt_embeds=settings.negative_prompt_embeds,
-            device=device,
-            do_classifier_free_guidance=self.do_classifier_free_guidance,
-            num_videos_per_prompt=settings.num_videos_per_prompt,
-            max_sequence_length=settings.max_sequence_length,
-        )
-        if settings.prompt_embeds is not None:
-            prompt_embeds = _rows_per_video(prompt_embeds, batch_size, settings.num_videos_per_prompt)
-        if not self.do_classifier_free_guidance:
-            negative_prompt_embeds = None  # one the caller supplied is not used without guidance
-        elif settings.negative_prompt_embeds is not None:
-            negative_prompt_embeds = _rows_per_video(
-                negative_prompt_embeds, batch_size, settings.num_videos_per_prompt
+        if clip is not None and clip.batch_size not in (1, batch_size):
+            raise ValueError(
+                f"The clip to continue has {clip.batch_size} rows for {batch_size} prompts: pass one clip for all, "
+                "or one per prompt."
             )
+        if settings.state is not None:
+            settings.state.check_matches(
+                self,
+                height=settings.height,
+                width=settings.width,
+                num_videos=num_videos,
+                guidance=self.do_classifier_free_guidance,
+                decoding=settings.output_type != "latent",
+            )
+
+        # 3. Encode input prompt: every schedule entry in force in this video once, as `encode_prompt` does, and
+        # embeddings the caller supplied get the rows and length of encoded ones. The negative prompt is not used
+        # without guidance.
         transformer_dtype = self.transformer.dtype
-        prompt = _EncodedPrompt(*_same_length(prompt_embeds, negative_prompt_embeds, device, transformer_dtype))
+        prompts = ScheduledPrompts(
+            schedule,
+            negative_schedule if self.do_classifier_free_guidance else None,
+            range(0 if clip is not None else first_chunk, first_chunk + num_chunks),  # a clip's chunks too
+            lambda value: self._embed_prompt(value, settings, batch_size, device),
+            lambda embeds, negative_embeds: _EncodedPrompt(
+                *_same_length(embeds, negative_embeds, device, transformer_dtype)
+            ),
+        )
 
         # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of
         # callback calls) is chunks x steps.
         self.scheduler.set_timesteps(settings.num_inference_steps, device=device)
         self._num_timesteps = num_chunks * len(self.scheduler.timesteps)
 
-        # 5. Prepare latent variables (lazily, chunk by chunk), the inference state and the outputs
+        # 5. Prepare the inference state (new, or the one to go on from), the latent variables (lazily, chunk by
+        # chunk) and the outputs
+        state = self.transformer.init_state()
+        decoder = WanStreamingDecoder(self.vae) if settings.output_type != "latent" else None
+        if decoder is not None and self.vae.use_tiling:
+            logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
+        generator = settings.generator
+        if settings.state is not None:
+            state, generator = settings.state.resume(decoder, generator, device)
+        handed_state = None  # the state after the last finished chunk, handed out with each chunk
+        if settings.return_state:
+            handed_state = LaCTGenerationState.begin(
+                self, state, decoder, generator, height=settings.height, width=settings.width, num_videos=num_videos
+            )
         chunk_noise = self.prepare_latents(
             num_videos,
             self.transformer.config.in_channels,
@@ -658,22 +721,18 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             num_frames,
             torch.float32,
             device,
-            settings.generator,
+            generator,
             settings.latents,
         )
-        state = self.transformer.init_state()
-        decoder = WanStreamingDecoder(self.vae) if settings.output_type != "latent" else None
-        if decoder is not None and self.vae.use_tiling:
-            logger.warning("Streaming decoding runs one latent frame at a time and does not use VAE tiling.")
         writers = []
         # With files to write, the chunks' latents (1/48 of the frames' size) are kept, so that a failing
         # writer loses none of the generated video (`_close_writers` saves them).
         kept_latents = []
         try:
             writers.extend(VideoStreamWriter(p, settings.height, settings.width, settings.fps) for p in paths)
-            if clip is not None:
-                state, prompt = yield from self._ingest_video(
-                    clip, state, prompt, decoder, writers, kept_latents, settings
+            if clip is not None:  # 5b. The clip's chunks first, committed as the video's chunks 0, 1, ...
+                state, handed_state = yield from self._ingest_video(
+                    clip, state, prompts, num_videos, decoder, generator, handed_state, writers, kept_latents, settings
                 )
 
             # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
@@ -681,23 +740,33 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 for chunk_index in range(num_chunks):
                     if self.interrupt:
                         break
-                    self._current_chunk = state.num_chunks  # the absolute index, a continued clip's chunks counted
+                    self._current_chunk = first_chunk + chunk_index
                     progress_bar.set_postfix_str(f"chunk {chunk_index + 1}/{num_chunks}", refresh=False)
 
                     # 6a. This chunk's noise (B, C, k, h, w), drawn only now
                     latents = next(chunk_noise)
 
-                    # 6b. Denoise against the state (which the denoising passes do not change)
+                    # 6b. Denoise against the state (which the denoising passes do not change), with the prompt
+                    # scheduled at this absolute chunk index
+                    prompt = prompts.at(first_chunk + chunk_index)
                     latents, prompt = self._denoise_chunk(latents, state, prompt, settings, chunk_index, progress_bar)
 
-                    # 6c. Commit the finished chunk. The last chunk has no successor, so its commit is skipped.
-                    if chunk_index < num_chunks - 1 and not self.interrupt:
+                    # 6c. Commit the finished chunk with the prompt that generated it. The last chunk has no
+                    # successor, so its commit is skipped, unless the state after it is handed out.
+                    finished = not self.interrupt
+                    if finished and (chunk_index < num_chunks - 1 or settings.return_state):
                         state, prompt = self._commit_chunk(latents, state, prompt)
+                    prompts.update(
+                        first_chunk + chunk_index, prompt
+                    )  # its projection, or a callback's replacement, carries on
 
-                    # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out
+                    # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out, with the state
                     if writers:
                         kept_latents.append(latents.cpu())
-                    yield self._decode_chunk(latents, decoder, writers, settings.output_type)
+                    frames = self._decode_chunk(latents, decoder, writers, settings.output_type)
+                    if settings.return_state and finished:
+                        handed_state = handed_state.after_chunk(state, decoder, generator)
+                    yield LaCTVideoChunk(frames, handed_state)
         finally:
             # 7. Close the files (also when the caller stops early) and offload all models
             self._current_chunk = None
@@ -706,11 +775,11 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             if written_videos is not None:
                 written_videos.extend(written)
 
-    def _open_video(self, settings: _GenerationSettings, batch_size: int, num_chunks: int) -> VideoChunks | None:
-        """The clip to continue (`video` or `video_latents`) cut into chunks, checked before any work: its rows
-        against the prompts, its chunks and the `num_chunks` new ones against the rotary table. None without one."""
+    def _open_video(self, settings: _GenerationSettings) -> VideoChunks | None:
+        """The clip to continue (`video` or `video_latents`) cut into chunks, checked before any work
+        (`video_input.open_video`); None without one."""
         config = self.transformer.config
-        clip = open_video(
+        return open_video(
             settings.video,
             settings.video_latents,
             (settings.height, settings.width),
@@ -720,28 +789,23 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             temporal_factor=self.vae_scale_factor_temporal,
             spatial_factor=self.vae_scale_factor_spatial,
         )
-        if clip is None:
-            return None
-        if clip.batch_size not in (1, batch_size):
-            raise ValueError(
-                f"The clip to continue has {clip.batch_size} rows for {batch_size} prompts: pass one clip for all, "
-                "or one per prompt."
-            )
-        check_positions(clip.num_chunks, num_chunks, config.chunk_frames, config.rope_max_seq_len)
-        return clip
 
     def _ingest_video(
         self,
         clip: VideoChunks,
         state: LaCTState,
-        prompt: _EncodedPrompt,
+        prompts: ScheduledPrompts[_EncodedPrompt],
+        num_videos: int,
         decoder: WanStreamingDecoder | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        handed_state: LaCTGenerationState | None,
         writers: list[VideoStreamWriter],
         kept_latents: list[torch.Tensor],
         settings: _GenerationSettings,
-    ) -> Iterator[np.ndarray | torch.Tensor | list]:
+    ) -> Iterator[LaCTVideoChunk]:
         """Commit the clip's chunks into `state` one at a time, as clean chunks at t=0, the way generated chunks are
-        committed; the state and the prompt come back as the generator's return value.
+        committed, each with the prompt scheduled at its absolute chunk index; the state and the state to hand out
+        (`None` without `return_state`) come back as the generator's return value (docs/design.md, Sec. 3.8).
 
         Each chunk is encoded (the VAE's causal cache carried, `VideoChunks.latents`) and decoded through the
         video's `decoder`, which primes its causal cache, so that the first generated frames join the clip without
@@ -750,15 +814,22 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         device = self._execution_device
         for latents in clip.latents(self.vae):
             # One clip for all videos, or one per prompt: (rows, C, k, h, w) -> a row per video, as the prompts
-            latents = latents.to(device).repeat_interleave(len(prompt.embeds) // clip.batch_size, dim=0)
-            state, prompt = self._commit_chunk(latents, state, prompt)
+            latents = latents.to(device).repeat_interleave(num_videos // clip.batch_size, dim=0)
+            chunk = state.num_chunks  # the absolute index
+            state, prompt = self._commit_chunk(latents, state, prompts.at(chunk))
+            prompts.update(chunk, prompt)  # its projection carries on to the entry's later chunks
+            frames = None
             if settings.return_input_video:
                 if writers:
                     kept_latents.append(latents.cpu())
-                yield self._decode_chunk(latents, decoder, writers, settings.output_type)
+                frames = self._decode_chunk(latents, decoder, writers, settings.output_type)
             elif decoder is not None:
                 decoder.decode(self._denormalize(latents))
-        return state, prompt
+            if handed_state is not None:
+                handed_state = handed_state.after_chunk(state, decoder, generator)
+            if settings.return_input_video:
+                yield LaCTVideoChunk(frames, handed_state)
+        return state, handed_state
 
     def _close_writers(self, writers: list[VideoStreamWriter], kept_latents: list[torch.Tensor]) -> list[WrittenVideo]:
         """Close every file and return what each holds; if any writer failed, save the generated latents
@@ -894,6 +965,16 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         self.maybe_free_model_hooks()
         return frames
 
+    def _embed_prompt(
+        self, value: PromptText | torch.Tensor, settings: _GenerationSettings, batch_size: int, device: torch.device
+    ) -> torch.Tensor:
+        """One prompt schedule entry as (B, L, D) embeddings, one row per video (`batch_size` prompts times
+        `num_videos_per_prompt`): texts through the text encoder as `encode_prompt` encodes them, embeddings the
+        caller supplied repeated (`_rows_per_video`)."""
+        if isinstance(value, torch.Tensor):
+            return _rows_per_video(value, batch_size, settings.num_videos_per_prompt)
+        return self._get_t5_prompt_embeds(value, settings.num_videos_per_prompt, settings.max_sequence_length, device)
+
     def _guidance_rows(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, k, h, w) latents -> the transformer's input (rows, C, k, h, w) in its dtype.
 
@@ -940,8 +1021,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        prompt: str | list[str] = None,
-        negative_prompt: str | list[str] = None,
+        prompt: PromptArgument = None,
+        negative_prompt: PromptArgument = None,
         height: int = 480,
         width: int = 832,
         num_frames: int = 81,
@@ -959,6 +1040,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         max_sequence_length: int = 512,
         output_path: str | os.PathLike | list | None = None,
         fps: int = 16,
+        state: LaCTGenerationState | None = None,
+        return_state: bool = False,
         video: Any = None,
         video_latents: torch.Tensor | None = None,
         return_input_video: bool = False,
@@ -967,10 +1050,17 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         Generate videos chunk by chunk (see `stream` for the chunk-wise generator).
 
         Args:
-            prompt (`str` or `list[str]`, *optional*):
+            prompt (`str`, `list[str]`, or a schedule, *optional*):
                 The prompt or prompts to guide the video generation. If not defined, pass `prompt_embeds` instead.
-            negative_prompt (`str` or `list[str]`, *optional*):
-                The prompt or prompts to avoid. Ignored when not using guidance (`guidance_scale` <= 1).
+                A schedule switches prompts inside the video: a mapping from video frames to prompts,
+                `{0: "a cat walks on the grass", 97: "the cat jumps onto a wall"}`, or a list of such
+                `(frame, prompt)` pairs, from frame 0 on in increasing order; a prompt may be a list (one per video
+                of the batch, the same frames for all). Frames round to the nearest chunk start, with a warning;
+                two entries in one chunk, an empty prompt or a schedule out of order raise `ValueError`
+                (`pipelines.prompt_schedule`; docs/design.md, Sec. 3.7).
+            negative_prompt (`str`, `list[str]`, or a schedule, *optional*):
+                The prompt or prompts to avoid, or a schedule of them with its own frames (empty texts allowed).
+                Ignored when not using guidance (`guidance_scale` <= 1).
             height (`int`, defaults to `480`), width (`int`, defaults to `832`):
                 The video size in pixels; multiples of 16.
             num_frames (`int`, defaults to `81`):
@@ -999,7 +1089,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 in all, as `callback_on_step_end(self, step, timestep, callback_kwargs)`. `step` counts over the
                 whole video (`chunk * steps + i`; `self.current_chunk` tells the chunk), and the `"latents"` in
                 `callback_kwargs` are the current chunk's, (B, C, k, h, w). Setting `pipe._interrupt = True` ends
-                the current chunk at that step (it is still decoded) and starts no further chunk.
+                the current chunk at that step (it is still decoded) and starts no further chunk. Returned
+                `prompt_embeds` (`negative_prompt_embeds`) replace the current schedule entry's for the rest of its
+                chunks; the next entry starts from its own prompt.
             callback_on_step_end_tensor_inputs (`list`, *optional*):
                 Tensors passed in `callback_kwargs`: any of `._callback_tensor_inputs`.
             max_sequence_length (`int`, defaults to `512`):
@@ -1020,7 +1112,11 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 carried, and committed into the memory as clean chunks; trailing frames that fill no chunk are
                 dropped with a warning, and a clip shorter than one chunk raises `ValueError`. Generation then
                 continues at the next chunk, with the positions that follow: `num_frames` counts the new frames,
-                whole chunks of `4k` (`pipelines/video_input.py`).
+                whole chunks of `4k` (`pipelines/video_input.py`). The clip's chunks count as the video's first
+                chunks: a prompt schedule's frames count from the clip's first frame, and each clip chunk is
+                committed with the prompt in force at it. A clip starts a video, so it cannot go with `state=`
+                (`ValueError`); with `return_state=True` the state handed out holds the clip (docs/design.md,
+                Sec. 3.8).
             video_latents (`torch.Tensor`, *optional*):
                 The clip as normalised latents (B, C, F, h, w) instead, `F` a multiple of `chunk_frames` (as
                 `output_type="latent"` returns them).
@@ -1028,26 +1124,43 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 Whether the output (and `stream`, and the files) starts with the clip's frames, as the VAE decodes
                 its latents (the decoder that continues it), before the new frames. Either way the decoder's causal
                 cache is primed with the clip, so the new frames join it without a seam.
+            state (`LaCTGenerationState`, *optional*):
+                Go on from a state handed out earlier (`return_state=True`) or loaded with
+                `LaCTGenerationState.load`: generation continues at chunk `state.next_chunk`, with the positions
+                that follow, the decoder's causal cache and the generator's state, so the new frames are exactly
+                those an uninterrupted call would have made next. `num_frames` then counts the new frames only,
+                `4 * k` per chunk (other values are rounded down, with a warning). A `generator` passed with it
+                draws the noise instead of the saved one (another continuation). The model, size, batch and
+                guidance (on or off) must be the state's (`StateMismatchError` otherwise).
+            return_state (`bool`, defaults to `False`):
+                Also commit the last chunk and hand out the state after it, as `state` of the output (see
+                `stream` for the chunk-wise form). After `pipe._interrupt`, it is the state after the last chunk
+                that finished denoising (`state.next_chunk` says which).
 
         Examples:
 
         Returns:
             `LaCTVideoPipelineOutput` or `tuple`: `frames` as in `WanPipelineOutput` (or `video_paths` and
-            `written_videos`, what the files hold, when `output_path` is given); as a tuple, the fields that are set.
+            `written_videos`, what the files hold, when `output_path` is given; `state` with `return_state`); as a
+            tuple, the fields that are set.
         """
         # 1. Generate chunk by chunk. Every argument but `return_dict` is a setting of the generation, and this
         # first statement's `locals()` holds exactly the arguments.
         written_videos = []
         chunks = self._generate(_GenerationSettings.from_arguments(locals()), written_videos)
 
-        # 2. Write the video files, or gather the chunks along the frame axis
+        # 2. Write the video files (every chunk goes to the files only: nothing accumulates), or gather the chunks
+        # along the frame axis; keep the state after the last one
+        frames, last_state = [], None
+        for chunk in chunks:
+            last_state = chunk.state
+            if output_path is None:
+                frames.append(chunk.frames)
         if output_path is not None:
-            for _ in chunks:  # every chunk goes to the files only: nothing accumulates
-                pass
             paths = [video.path for video in written_videos]
-            output = LaCTVideoPipelineOutput(frames=None, video_paths=paths, written_videos=written_videos)
+            output = LaCTVideoPipelineOutput(None, paths, written_videos, last_state)
         else:
-            output = LaCTVideoPipelineOutput(frames=_concatenate_chunks(chunks, output_type))
+            output = LaCTVideoPipelineOutput(_concatenate_chunks(frames, output_type), state=last_state)
 
         if not return_dict:
             return output.to_tuple()

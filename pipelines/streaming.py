@@ -102,6 +102,20 @@ class WanStreamingDecoder:
         self.feat_cache: list = [None] * _num_causal_convs(vae.decoder)
         self.first_frame = True
 
+    def load_cache(self, feat_cache: list) -> None:
+        """Continue from a cache saved after earlier chunks (`pipelines.state_io.load_state`).
+
+        Raises:
+            ValueError: `feat_cache` has another number of slots than this VAE's decoder has causal convs.
+        """
+        if len(feat_cache) != len(self.feat_cache):
+            raise ValueError(
+                f"The VAE cache has {len(feat_cache)} slots; this VAE's decoder has {len(self.feat_cache)} causal "
+                "convs. Load the VAE the cache was saved with."
+            )
+        self.feat_cache = list(feat_cache)
+        self.first_frame = all(slot is None for slot in feat_cache)  # every decoded frame fills the slots
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, f, h, w) denormalised latents -> (B, 3, frames, H, W) video in [-1, 1]."""
         _run_offload_hook(self.vae)

@@ -1,7 +1,7 @@
 """A clip to continue, cut into LaCT chunks: frames read and encoded one chunk at a time, or precomputed latents.
 
 `LaCTVideoPipeline(video=...)` commits a real clip into the model's state chunk by chunk, then generates what
-follows (issue 15, "Continue a real clip"; docs/design.md Sec. 3.3). A clip's chunks follow the VAE's causal
+follows (issue 15, "Continue a real clip"; docs/design.md Sec. 3.8). A clip's chunks follow the VAE's causal
 grouping: chunk 0 holds the first `4k - 3` frames, every later chunk the next `4k` (`k` latent frames per
 chunk). Frames that do not fill a whole chunk at the end are dropped, with a warning.
 
@@ -46,7 +46,7 @@ from lact_video.data.video_reader import (
     resample_times,
     resize_for_center_crop,
 )
-from lact_video.geometry import latent_size, normalize_latents, video_num_frames
+from lact_video.geometry import first_frame_of_chunk, latent_size, normalize_latents, video_num_frames
 
 from .streaming import WanStreamingEncoder
 
@@ -54,10 +54,10 @@ logger = logging.get_logger(__name__)
 
 
 def _chunk_frame_bounds(chunk: int, chunk_frames: int, temporal_factor: int) -> tuple[int, int]:
-    """Video frames [start, end) of chunk `chunk`: [0, 4k-3) for chunk 0, then 4k frames each (issue 15 contract
-    rule 1; a private copy until `lact_video.geometry` has `first_frame_of_chunk`)."""
-    return max(video_num_frames(chunk * chunk_frames, temporal_factor), 0), video_num_frames(
-        (chunk + 1) * chunk_frames, temporal_factor
+    """Video frames [start, end) of chunk `chunk`: [0, 4k-3) for chunk 0, then 4k frames each."""
+    return (
+        first_frame_of_chunk(chunk, chunk_frames, temporal_factor),
+        first_frame_of_chunk(chunk + 1, chunk_frames, temporal_factor),
     )
 
 
@@ -262,21 +262,3 @@ def _latent_chunks(
         yield from (chunk.float() for chunk in latents.split(chunk_frames, dim=2))
 
     return VideoChunks(num_chunks, b, video_num_frames(f), chunks, encoded=True)
-
-
-def check_positions(clip_chunks: int, new_chunks: int, chunk_frames: int, rope_max_seq_len: int) -> None:
-    """With absolute positions, the clip's chunks and the new ones must fit the rotary table.
-
-    Raises:
-        ValueError: naming the latent frames needed, the table's length and the ways to fit.
-    """
-    needed = (clip_chunks + new_chunks) * chunk_frames
-    if needed > rope_max_seq_len:
-        fits = rope_max_seq_len // chunk_frames - new_chunks
-        raise ValueError(
-            f"Continuing a clip of {clip_chunks} chunks with {new_chunks} new chunks needs rotary positions for "
-            f"{needed} latent frames, past the transformer's rotary table (rope_max_seq_len={rope_max_seq_len} "
-            f"latent frames; with absolute positions the clip can have at most {max(fits, 0)} chunks here). Use a "
-            "bounded position policy, which keeps every chunk's positions within the table whatever the length; or "
-            "pass a shorter clip or fewer new frames; or raise rope_max_seq_len when loading (it holds no weights)."
-        )

@@ -3,6 +3,9 @@
     python scripts/generate.py --model DIR --prompt "a red car drives down a mountain road" \\
         --num_frames 241 --height 480 --width 832 --output video.mp4
 
+    python scripts/generate.py --model DIR --prompt "a cat walks on the grass" \\
+        --prompt_at 97 "the cat jumps onto a wall" --num_frames 189 --output cat.mp4    # switch prompts
+
     python scripts/generate.py --help    # every option
 """
 

@@ -11,7 +11,9 @@ from lact_video.geometry import (
     VAE_TEMPORAL_FACTOR,
     check_chunking,
     check_video_geometry,
+    chunk_of_frame,
     denormalize_latents,
+    first_frame_of_chunk,
     latent_num_frames,
     latent_size,
     normalize_latents,
@@ -169,3 +171,24 @@ def test_denormalize_is_what_wan_pipeline_decodes(wan, monkeypatch):
     torch.testing.assert_close(
         denormalize_latents(final["latents"], wan.vae.config), decoded["latents"], rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("t", [4, 2, 1], ids=lambda t: f"t{t}")
+@pytest.mark.parametrize("k", [1, 2, 3], ids=lambda k: f"k{k}")
+def test_chunk_of_frame_follows_the_frames_each_chunk_decodes_to(k, t):
+    """Frame -> chunk by counting: chunk 0 decodes to `video_num_frames(k)` frames, every later chunk to the
+    frames its k latent frames add (t k), as `LaCTVideoPipeline.stream` yields them."""
+    owner = []
+    for chunk in range(6):
+        frames = video_num_frames((chunk + 1) * k, t) - len(owner)
+        owner += [chunk] * frames
+    assert owner.index(1) == t * k - (t - 1)  # Wan's t = 4: chunk 0 holds [0, 4k - 3), each later chunk 4k frames
+    assert [chunk_of_frame(f, k, t) for f in range(len(owner))] == owner
+    assert [first_frame_of_chunk(c, k, t) for c in range(6)] == [owner.index(c) for c in range(6)]
+
+
+def test_chunk_of_frame_refuses_negative_indices():
+    with pytest.raises(ValueError, match="frame=-1"):
+        chunk_of_frame(-1, 3)
+    with pytest.raises(ValueError, match="chunk=-2"):
+        first_frame_of_chunk(-2, 3)

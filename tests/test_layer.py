@@ -6,8 +6,8 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 import lact_video.layers.fast_weight_memory as memory_module
 from lact_video.layers import FastWeightMemory, LaCTAttention
-from lact_video.layers.rotary import apply_rotary_emb, chunk_rotary_emb
-from lact_video.ops.fast_weight import fast_weight_naive
+from lact_video.layers.rotary import RotaryTables, apply_rotary_emb, chunk_rotary_emb
+from lact_video.ops.fast_weight import LOCAL_TOKENS, fast_weight_naive
 from lact_video.ops.fast_weight.chunk import UpdateRule
 from lact_video.sequence import TeacherForcingLayout
 from lact_video.state import ForwardMode
@@ -15,9 +15,11 @@ from lact_video.testing import open_memory
 
 
 def naive_teacher_forcing(
-    weights, noisy_query, clean_query, clean_key, clean_value, clean_lr, rule, clean_momentum=None
+    weights, noisy_query, clean_query, clean_key, clean_value, clean_lr, rule, clean_momentum=None, reduction=None
 ):
-    """Same signature as the fast op, computed by walking the interleaved sequence naively."""
+    """Same signature as the fast op, computed by walking the interleaved sequence naively (one device: every
+    chunk's tokens are here, so the reduction must be the identity)."""
+    assert reduction is LOCAL_TOKENS
     b, n, _, d = noisy_query.shape
     t = clean_query.shape[2] if n > 1 else noisy_query.shape[2]
     r = noisy_query.shape[2] // t
@@ -70,7 +72,7 @@ def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
         if op == "naive":
             monkeypatch.setattr(memory_module, "fast_weight_teacher_forcing", naive_teacher_forcing)
         layer.zero_grad()
-        out, _ = layer(x, rotary, ForwardMode.TEACHER_FORCING, layout)
+        out, _ = layer(x, RotaryTables(rotary, rotary), ForwardMode.TEACHER_FORCING, layout)
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out.detach(), {name: p.grad.clone() for name, p in layer.named_parameters()}))
     (fast_out, fast_grads), (naive_out, naive_grads) = results

@@ -84,6 +84,21 @@ PARITY = {
         "muon_dtype": "float64",
     },
     "muon-fp32": {"use_muon": True},
+    # Position policies (docs/design.md Sec. 1.7): 5 chunks, past a training length of 1 to 4.
+    "clamp-past-1-trained": {"position_policy": "clamp", "trained_chunks": 1},
+    "cyclic-past-2-trained": {"position_policy": "cyclic", "trained_chunks": 2},
+    "cyclic-past-3-trained-R2-momentum": {
+        "position_policy": "cyclic",
+        "trained_chunks": 3,
+        "num_repeat": 2,
+        "use_momentum": True,
+    },
+    "cyclic-past-4-trained-window3": {"position_policy": "cyclic", "trained_chunks": 4, "window_size": 3},
+    "cyclic-full-causal-with-memory": {
+        "position_policy": "cyclic",
+        "trained_chunks": 3,
+        "attention_mode": "full_causal",
+    },
 }
 
 
@@ -203,8 +218,20 @@ def test_gradient_checkpointing_gives_same_gradients(wan):
         ({"muon_dtype": "float8"}, "muon_dtype must be .*; got 'float8'"),
         ({"fast_weights": 3}, r"Unknown LaCT config keys \['fast_weights'\]"),
         ({"attention_mode": "dense"}, "attention_mode must be one of .*; got 'dense'"),
+        ({"position_policy": "wrap"}, "position_policy must be one of .*; got 'wrap'"),
+        ({"trained_chunks": 0}, "trained_chunks must be >= 1 chunk"),
     ],
-    ids=["fw_head_dim", "lact_blocks", "chunk_frames", "window", "muon_dtype", "unknown-key", "attention-mode"],
+    ids=[
+        "fw_head_dim",
+        "lact_blocks",
+        "chunk_frames",
+        "window",
+        "muon_dtype",
+        "unknown-key",
+        "attention-mode",
+        "position-policy",
+        "trained-chunks",
+    ],
 )
 def test_bad_configs_raise(wan, config, match):
     with pytest.raises(ValueError, match=match):

@@ -70,19 +70,22 @@ def with_scheduler(pipe, scheduler):
 
 
 @torch.no_grad()
-def reference_latents(pipe, prompts, seeds, num_chunks, steps, guidance_scale):
+def reference_latents(pipe, prompts, seeds, num_chunks, steps, guidance_scale, negatives=None):
     """docs/design.md, Sec. 3.3 written out plainly: one video and one guidance branch at a time, each with its own
-    state, a new scheduler for every chunk, and the chunk's noise drawn from that video's generator."""
+    state, a new scheduler for every chunk, and the chunk's noise drawn from that video's generator. Each video's
+    prompt (and negative prompt, NEGATIVE by default) is a text, or a list of one text per chunk (a schedule)."""
     transformer, k = pipe.transformer, pipe.transformer.config.chunk_frames
     latent_size = SIZE // pipe.vae_scale_factor_spatial
     videos = []
-    for prompt, seed in zip(prompts, seeds):
-        cond, uncond = pipe.encode_prompt(prompt, NEGATIVE, max_sequence_length=16)
-        branches = {"cond": cond, "uncond": uncond} if guidance_scale > 1 else {"cond": cond}
-        states = {name: transformer.init_state() for name in branches}
+    for prompt, negative, seed in zip(prompts, negatives or [NEGATIVE] * len(prompts), seeds):
+        names = ("cond", "uncond") if guidance_scale > 1 else ("cond",)
+        states = {name: transformer.init_state() for name in names}
         generator = torch.Generator().manual_seed(seed)
         chunks = []
-        for _ in range(num_chunks):
+        for c in range(num_chunks):
+            texts = [text if isinstance(text, str) else text[c] for text in (prompt, negative)]
+            branches = dict(zip(("cond", "uncond"), pipe.encode_prompt(*texts, max_sequence_length=16)))
+            branches = {name: branches[name] for name in names}
             x = randn_tensor((1, 16, k, latent_size, latent_size), generator=generator)
             scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
             scheduler.set_timesteps(steps)

@@ -20,6 +20,7 @@ from video_clips import encode
 
 from lact_video import interleave_teacher_forcing, interleave_timesteps
 from lact_video.data.video_reader import probe_video, read_frames, resample_times
+from lact_video.geometry import first_frame_of_chunk
 from lact_video.tiny import VAE_CONFIG
 from pipelines import LaCTVideoPipeline, WanStreamingEncoder
 from pipelines import video_input as video_input_module
@@ -80,7 +81,7 @@ def denoiser_calls(pipe, **kwargs):
 
 def test_continuing_a_clip_equals_teacher_forcing_on_clip_and_continuation(pipe):
     """Every denoising forward of a generated chunk c equals the model's teacher-forcing output for the noisy
-    copy of chunk c after the clean chunks [clip, generated chunks before c] (docs/design.md Sec. 3.3)."""
+    copy of chunk c after the clean chunks [clip, generated chunks before c] (docs/design.md Sec. 3.8)."""
     g = torch.Generator().manual_seed(5)
     clip = randn_tensor((1, 16, CLIP_CHUNKS * K, 4, 4), generator=g)
     new, calls = denoiser_calls(pipe, **continue_kwargs(video_latents=clip, output_type="latent"))
@@ -232,7 +233,8 @@ def test_new_frames_round_down_to_whole_chunks(pipe, caplog):
     with caplog.at_level(logging.WARNING):
         new = pipe(**call_kwargs(video=clip_frames(), num_frames=NEW_FRAMES + 5, output_type="latent")).frames
     assert new.shape[2] == NEW_CHUNKS * K
-    assert f"generating num_frames={NEW_FRAMES} instead of {NEW_FRAMES + 5}" in caplog.text
+    assert f"num_frames={NEW_FRAMES + 5} counts the new frames only, after the 2 chunk(s)" in caplog.text
+    assert f"generating num_frames={NEW_FRAMES} ({NEW_CHUNKS} chunks) instead" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -264,14 +266,63 @@ def test_a_short_file_names_the_frames_needed(pipe, tmp_path):
         pipe(**continue_kwargs(video=str(path)))
 
 
-def test_a_clip_past_the_rotary_table_fails_before_any_work(tiny_wan_dir):
+def test_a_clip_past_the_rotary_table_fails_before_any_work_unless_the_policy_is_bounded(tiny_wan_dir):
+    """A table of 3 chunks: absolute positions (trained_chunks unknown) refuse 2 clip + 2 new chunks before the VAE
+    or the transformer runs, naming the policy that lifts the limit; cyclic with trained_chunks=2 runs them."""
     small = LaCTVideoPipeline.from_wan(tiny_wan_dir, rope_max_seq_len=3 * K, **LACT_CONFIG)
     small.set_progress_bar_config(disable=True)
     calls = []
     small.vae.encoder.register_forward_pre_hook(lambda *args: calls.append(1))
     small.transformer.register_forward_pre_hook(lambda *args: calls.append(1))
-    with pytest.raises(ValueError, match="clip of 2 chunks with 2 new chunks needs rotary positions for 12") as info:
+    with pytest.raises(ValueError, match="needs 12 latent frames .* the 2 chunks before this call") as info:
         small(**continue_kwargs(video=clip_frames()))
-    assert "bounded position policy" in str(info.value) and "at most 1 chunks" in str(info.value)
+    message = str(info.value)
+    assert "(trained_chunks unknown, so absolute positions)" in message
+    assert "bounded position_policy ('clamp' or 'cyclic', with trained_chunks)" in message
     assert not calls
     assert small(**call_kwargs(video=clip_frames(), num_frames=4 * K, output_type="latent")).frames.shape[2] == K
+    bounded = LaCTVideoPipeline.from_wan(
+        tiny_wan_dir, rope_max_seq_len=3 * K, position_policy="cyclic", trained_chunks=2, **LACT_CONFIG
+    )
+    bounded.set_progress_bar_config(disable=True)
+    latents = bounded(**continue_kwargs(video=clip_frames(), output_type="latent")).frames
+    assert latents.shape[2] == NEW_CHUNKS * K
+
+
+@pytest.mark.parametrize("switch_chunk", [1, 3], ids=["inside-the-clip", "after-the-clip"])
+def test_a_prompt_schedule_counts_from_the_clips_first_frame(pipe, switch_chunk):
+    """The clip's chunks are the video's chunks 0, 1 (contract rule 1): a 4-chunk video made in one call with a
+    schedule, its first 2 chunks as the clip, gives its chunks 2, 3 bit for bit (each clip chunk committed with the
+    entry in force at it). Switching at chunk 3, chunk 2 is bit for bit that of the video without the switch, and
+    chunk 3 differs from it."""
+    schedule = {0: PROMPT, first_frame_of_chunk(switch_chunk, K): "waves crash on the rocks under a cloudy sky"}
+    noise = randn_tensor((1, 16, 4 * K, 4, 4), generator=torch.Generator().manual_seed(11))
+    full = pipe(**call_kwargs(prompt=schedule, num_frames=frames_for(4), latents=noise, output_type="latent")).frames
+    clip, rest = full[:, :, : CLIP_CHUNKS * K], noise[:, :, CLIP_CHUNKS * K :]
+    new = pipe(**continue_kwargs(prompt=schedule, video_latents=clip, latents=rest, output_type="latent")).frames
+    assert_bitwise_equal(new, full[:, :, CLIP_CHUNKS * K :])
+    unswitched = pipe(**continue_kwargs(video_latents=clip, latents=rest, output_type="latent")).frames
+    if switch_chunk == 3:
+        assert_bitwise_equal(new[:, :, :K], unswitched[:, :, :K])
+    assert (new[:, :, -K:] - unswitched[:, :, -K:]).abs().max() > 1e-3
+
+
+def test_a_clip_with_return_state_goes_on_like_one_call(pipe):
+    """Clip + 1 new chunk with return_state, then state= for 1 more: the frames (and the noise, from the saved
+    generator) of clip + 2 new chunks in one call. The state counts the clip's chunks."""
+    clip = clip_frames()
+    one_call = pipe(**continue_kwargs(video=clip, generator=torch.Generator().manual_seed(2))).frames
+    first = pipe(
+        **call_kwargs(video=clip, num_frames=4 * K, generator=torch.Generator().manual_seed(2), return_state=True)
+    )
+    assert first.state.next_chunk == CLIP_CHUNKS + 1
+    rest = pipe(**call_kwargs(num_frames=4 * K, state=first.state, generator=None)).frames  # the saved one
+    np.testing.assert_array_equal(np.concatenate([first.frames, rest], axis=1), one_call)
+    chunks = list(pipe.stream(**continue_kwargs(video=clip, return_input_video=True, return_state=True)))
+    assert [chunk.state.next_chunk for chunk in chunks] == [1, 2, 3, 4]
+
+
+def test_a_clip_with_a_state_is_refused(pipe):
+    state = pipe(**call_kwargs(num_frames=frames_for(1), output_type="latent", return_state=True)).state
+    with pytest.raises(ValueError, match="pass one of them. To continue a clip and go on later"):
+        pipe(**continue_kwargs(video=clip_frames(), state=state, output_type="latent"))

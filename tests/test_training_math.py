@@ -115,8 +115,9 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.answer = answer
 
-    def forward(self, sequence, timesteps, prompt_embeds):
+    def forward(self, sequence, timesteps, prompt_embeds, position_offset=0):
         self.seen = (sequence, timesteps, prompt_embeds)
+        self.position_offset = position_offset
         return type("Out", (), {"sample": self.answer})()
 
 

@@ -1,6 +1,7 @@
 """Per-chunk loss reports: JSON, CSV, a PNG plot and a markdown table, in the same numbers.
 
-One line per checkpoint: loss against chunk index, averaged over the fixed noise levels.
+One line per checkpoint: loss against chunk index, averaged over the fixed noise levels. Given the training
+length in chunks (`LaCTConfig.trained_chunks`), the plot marks where extrapolation begins.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ import pathlib
 from .per_chunk_loss import PerChunkLoss
 
 
-def write_report(results: dict[str, PerChunkLoss], output_dir, title: str = "Validation loss per frame chunk") -> dict:
-    """Write `per_chunk_loss.{json,csv,png}` and `report.md`; returns their paths by kind."""
+def write_report(
+    results: dict[str, PerChunkLoss],
+    output_dir,
+    title: str = "Validation loss per frame chunk",
+    trained_chunks: int | None = None,
+) -> dict:
+    """Write `per_chunk_loss.{json,csv,png}` and `report.md`; returns their paths by kind.
+
+    `trained_chunks`: the chunks per training clip; the plot and the table mark the chunks past it (None: no mark).
+    """
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -24,8 +33,8 @@ def write_report(results: dict[str, PerChunkLoss], output_dir, title: str = "Val
     }
     paths["json"].write_text(json.dumps({name: r.to_dict() for name, r in results.items()}, indent=1) + "\n")
     _write_csv(results, paths["csv"])
-    plot_per_chunk(results, title).savefig(paths["png"])
-    paths["markdown"].write_text(_markdown(results, title))
+    plot_per_chunk(results, title, trained_chunks).savefig(paths["png"])
+    paths["markdown"].write_text(_markdown(results, title, trained_chunks))
     return paths
 
 
@@ -40,8 +49,11 @@ def _write_csv(results: dict[str, PerChunkLoss], path: pathlib.Path) -> None:
             writer.writerows([name, "mean", chunk, float(loss)] for chunk, loss in enumerate(result.mean_per_chunk))
 
 
-def plot_per_chunk(results: dict[str, PerChunkLoss], title: str = "Validation loss per frame chunk"):
-    """A matplotlib figure: mean loss against chunk index, one line per checkpoint."""
+def plot_per_chunk(
+    results: dict[str, PerChunkLoss], title: str = "Validation loss per frame chunk", trained_chunks: int | None = None
+):
+    """A matplotlib figure: mean loss against chunk index, one line per checkpoint; with `trained_chunks`, a
+    labelled vertical line between the last trained chunk and the first one past the training length."""
     from matplotlib.figure import Figure
 
     # A bare Figure (no pyplot): no global state, no display needed.
@@ -51,7 +63,18 @@ def plot_per_chunk(results: dict[str, PerChunkLoss], title: str = "Validation lo
         chunks = range(len(result.mean_per_chunk))
         ax.plot(chunks, result.mean_per_chunk, marker="o", label=name)
     num_chunks = max(len(r.mean_per_chunk) for r in results.values())
-    ax.set_xticks(range(num_chunks))
+    if trained_chunks is not None and trained_chunks < num_chunks:
+        ax.axvline(trained_chunks - 0.5, color="0.4", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"training length ({trained_chunks} chunks): extrapolation \u2192",
+            (trained_chunks - 0.5, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, -12),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set_xticks(range(0, num_chunks, max(1, num_chunks // 24)))
     ax.set_xlabel("chunk index (0 = first chunk of the clip)")
     ax.set_ylabel("flow-matching loss (mean over noise levels)")
     levels = next(iter(results.values())).noise_levels
@@ -65,7 +88,7 @@ def plot_per_chunk(results: dict[str, PerChunkLoss], title: str = "Validation lo
     return fig
 
 
-def _markdown(results: dict[str, PerChunkLoss], title: str) -> str:
+def _markdown(results: dict[str, PerChunkLoss], title: str, trained_chunks: int | None) -> str:
     num_chunks = max(len(r.mean_per_chunk) for r in results.values())
     header = "| checkpoint | clips | " + " | ".join(f"chunk {i}" for i in range(num_chunks)) + " | mean |"
     rule = "|---|---|" + "---|" * (num_chunks + 1)
@@ -84,6 +107,11 @@ def _markdown(results: dict[str, PerChunkLoss], title: str) -> str:
             f"({', '.join(f'{x:g}' for x in levels)}); every chunk of a clip gets the same level, and the noise is "
             "seeded per clip, so all checkpoints see identical inputs. Lower is better. A memory that works shows "
             "as lower loss on the chunks beyond the attention window.",
+            *(
+                ["", f"Training clips had {trained_chunks} chunks: chunks {trained_chunks} and later extrapolate."]
+                if trained_chunks is not None and trained_chunks < num_chunks
+                else []
+            ),
             "",
             header,
             rule,

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.fast_weight import (
+    LOCAL_TOKENS,
     FastWeights,
     UpdateRule,
     fast_weight_apply,
@@ -67,6 +68,9 @@ class FastWeightMemory(nn.Module):
         self.momentum_proj = nn.Linear(dim, hf) if rule.momentum else None
         self.output_norm = nn.RMSNorm(d, eps=1e-6)
         self.gate_proj = nn.Linear(dim, 1)
+        # Completes the per-chunk sums and means over tokens held elsewhere: identity here; sequence parallelism
+        # (`lact_video.parallel`) swaps it, as diffusers swaps an attention processor (docs/design.md, Sec. 2.5).
+        self.token_reduction = LOCAL_TOKENS
         self.reset_parameters()
 
     @torch.no_grad()
@@ -121,6 +125,7 @@ class FastWeightMemory(nn.Module):
         if self.momentum_proj is not None:
             # One momentum per head and chunk: the mean gate over the chunk's tokens.
             momentum = torch.sigmoid(self.momentum_proj(hidden_states)).mean(dim=2)  # (B, S', Hf)
+            (momentum,) = self.token_reduction.mean((momentum,))
             momentum = momentum.permute(0, 2, 1).flatten(0, 1)
         return k, v, lr, momentum
 
@@ -172,6 +177,7 @@ class FastWeightMemory(nn.Module):
                 clean_lr,
                 self.rule,
                 clean_momentum,
+                self.token_reduction,
             )
             out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
         else:  # COMMIT: write the chunk, then read it.

@@ -20,7 +20,7 @@ from ..ops.window_attention import attend, full_causal_attention_teacher_forcing
 from ..sequence import TeacherForcingLayout
 from ..state import ForwardMode, LayerState
 from .fast_weight_memory import FastWeightMemory
-from .rotary import apply_rotary_emb
+from .rotary import RotaryTables, apply_rotary_emb
 
 
 class _SelfAttnProcessor:
@@ -143,7 +143,7 @@ class LaCTAttention(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        rotary_emb: torch.Tensor,
+        rotary_emb: RotaryTables,
         mode: ForwardMode,
         layout: TeacherForcingLayout | None = None,
         state: LayerState | None = None,
@@ -152,7 +152,7 @@ class LaCTAttention(nn.Module):
 
         Args:
             hidden_states: (B, S, T, C), segments in grouped order (`TEACHER_FORCING`) or one chunk.
-            rotary_emb: (S, T, 1, D/2, 2) rotary table (`chunk_rotary_emb`).
+            rotary_emb: the softmax attention's and the memory's (S, T, 1, D/2, 2) rotary tables (`RotaryTables`).
 
         Returns:
             `(out (B, S, T, C), state)`: the input state for `DENOISE`, a new one for `COMMIT`,
@@ -163,7 +163,7 @@ class LaCTAttention(nn.Module):
         k = self.norm_k(self.to_k(hidden_states))
         v = self.to_v(hidden_states)
         qh, kh, vh = (x.unflatten(-1, (self.heads, -1)) for x in (q, k, v))  # (B, S, T, H, D)
-        qh, kh = apply_rotary_emb(qh, rotary_emb), apply_rotary_emb(kh, rotary_emb)
+        qh, kh = apply_rotary_emb(qh, rotary_emb.attention), apply_rotary_emb(kh, rotary_emb.attention)
 
         # 2. Window (or full block-causal) attention, as the processor chosen at construction does it.
         new_state = state
@@ -182,7 +182,9 @@ class LaCTAttention(nn.Module):
 
         # 3. Fast-weight memory.
         if self.memory is not None:
-            memory_out, fast_weights, momentum = self.memory(hidden_states, q, k, v, rotary_emb, mode, layout, state)
+            memory_out, fast_weights, momentum = self.memory(
+                hidden_states, q, k, v, rotary_emb.memory, mode, layout, state
+            )
             out = out + memory_out
             if mode is ForwardMode.COMMIT:
                 new_state = LayerState(new_state.key, new_state.value, fast_weights, momentum)

@@ -29,6 +29,14 @@ class MuonDtype(str, Enum):
     float16 = "float16"
 
 
+class PositionPolicy(str, Enum):
+    """Rotary positions of the chunks past the training length (docs/design.md Sec. 1.7)."""
+
+    absolute = "absolute"  # chunk i at frames i*k .. i*k+k-1, however far the video goes
+    clamp = "clamp"  # past the training length, every chunk at the last trained chunk's position
+    cyclic = "cyclic"  # past the training length, positions cycle through the last trained chunks
+
+
 class Variant(str, Enum):
     """The model's variants for comparisons; `VARIANTS` in the model module gives their LaCT config overrides."""
 
@@ -64,6 +72,13 @@ class LaCTConfig:
     num_repeat: int = 1
     # "window" (LaCT), or "full_causal": the full-attention baseline (cost grows with the video).
     attention_mode: AttentionMode = AttentionMode.window
+    # Rotary positions of chunks past trained_chunks: absolute (the position grows with the video), clamp or
+    # cyclic (bounded: the memory writes and reads at trained positions; window attention keeps its offsets).
+    # Folders saved without this key load as absolute.
+    position_policy: PositionPolicy = PositionPolicy.clamp
+    # Chunk positions training covered (clip chunks + train.position_offset_max); null: the trainer sets it. A
+    # model without it (e.g. fresh from from_wan) uses absolute positions whatever position_policy says.
+    trained_chunks: int | None = None
 
 
 # Config keys that LaCT adds to a Wan transformer config: chunk_frames (clip geometry, shared with the

@@ -43,7 +43,7 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from ..geometry import DEFAULT_CHUNK_FRAMES, check_chunking
 from ..layers.fast_weight_memory import FastWeightMemory
 from ..layers.lact_attention import LaCTAttention
-from ..layers.rotary import chunk_rotary_emb
+from ..layers.rotary import RotaryTables, chunk_rotary_emb, segment_positions
 from ..layers.text_attention import text_cross_attention, text_keys_values
 from ..ops.fast_weight import UpdateRule
 from ..sequence import TeacherForcingLayout
@@ -55,6 +55,7 @@ from .lact_config import (
     AttentionMode,
     LaCTConfig,
     MuonDtype,
+    PositionPolicy,
     Variant,
     rename_deprecated,
 )
@@ -181,6 +182,8 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         fw_base_lr: float = LaCTConfig.fw_base_lr,
         num_repeat: int = LaCTConfig.num_repeat,
         attention_mode: AttentionMode | str = LaCTConfig.attention_mode,
+        position_policy: PositionPolicy | str = LaCTConfig.position_policy,
+        trained_chunks: int | None = LaCTConfig.trained_chunks,
     ):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
@@ -280,11 +283,14 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         key for compatible classes, so a re-saved folder would keep it.)
 
         The model's config records the current format (`lact_video.models.formats`) whatever `config` says:
-        its weights are new, in the current meaning. A config of a newer format is refused.
+        its weights are new, in the current meaning. A config of a newer format is refused. A config without
+        `position_policy` (saved before it existed) loads as "absolute", its behaviour then, whatever the default.
         """
         if isinstance(config, dict):  # else diffusers' deprecated config-as-a-path, which it loads itself
             saved_format(config, FORMAT_KEY, f"{cls.__name__} config.json")
             config = rename_deprecated(config, DEPRECATED_LACT_KEYS, f"{cls.__name__} config.json")
+            # Saved before position policies existed: every chunk at its absolute position (docs/design.md Sec. 1.7).
+            config.setdefault("position_policy", PositionPolicy.absolute.value)
         kwargs = rename_deprecated(kwargs, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_pretrained")
         loaded = super().from_config(config, return_unused_kwargs, **kwargs)
         (loaded[0] if return_unused_kwargs else loaded).register_to_config(**format_marker())
@@ -364,6 +370,16 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         """Where each attention keeps its backend: `attn1.processor` (LaCT) and `attn2.processor` (Wan's)."""
         return [attn.processor for block in self.blocks for attn in (block.attn1, block.attn2)]
 
+    def rotary_latent_frames(self, num_latent_frames: int) -> int:
+        """The rotary table length (`rope_max_seq_len`, latent frames) a video of `num_latent_frames` needs under
+        this model's `position_policy`: the video's length if "absolute" or `trained_chunks` is unknown, at most
+        `trained_chunks + 1` chunks if bounded (docs/design.md Sec. 1.7)."""
+        config = self.config
+        chunks = tuple(range(max(1, num_latent_frames // config.chunk_frames)))
+        noisy = (True,) * len(chunks)  # a clean chunk sits one below the next noisy one
+        attention, memory = segment_positions(config.position_policy, config.trained_chunks, chunks, noisy)
+        return (max(*attention, *memory) + 1) * config.chunk_frames
+
     def init_state(self) -> LaCTState:
         """An empty inference state: nothing committed, chunk 0 comes next."""
         return LaCTState.empty(len(self.blocks))
@@ -406,6 +422,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         state: LaCTState | None = None,
         return_dict: bool = True,
         text_context: TextContext | None = None,
+        position_offset: int = 0,
     ) -> LaCTTransformerOutput | tuple:
         """
         Args:
@@ -418,6 +435,9 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 earlier call (chunk-by-chunk generation passes it to every call of a video).
             mode: a `ForwardMode` or its value.
             state: required for `DENOISE` and `COMMIT` (start from `init_state()`).
+            position_offset: `TEACHER_FORCING` only: the clip's first chunk takes the rotary positions of chunk
+                `position_offset` (training's random offsets, `train.position_offset_max`); inference takes them
+                from `state.num_chunks`.
         """
         # 1. Check inputs and lay out the segments
         mode = ForwardMode(mode)
@@ -451,18 +471,34 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             order = torch.tensor(layout.grouped_order, device=hidden_states.device)
             hidden_states = hidden_states.unflatten(2, (num_segments, k)).index_select(2, order).flatten(2, 3)
             timestep = timestep.index_select(1, order)
-            chunk_indices = layout.grouped_chunks
+            chunk_indices = tuple(i + position_offset for i in layout.grouped_chunks)
+            noisy = tuple(j < layout.num_noisy for j in range(num_segments))  # grouped: noisy segments first
         else:
             if state is None:
                 raise ValueError(f"{mode.value} needs an inference state; start from `model.init_state()`.")
             if num_frames != k:
                 raise ValueError(f"{mode.value} takes one chunk of chunk_frames={k} latent frames; got {num_frames}.")
             num_segments = 1
+            if position_offset:
+                raise ValueError(
+                    "position_offset is for teacher forcing; inference positions follow state.num_chunks."
+                )
             timestep = timestep.expand(b).reshape(b, 1)
-            chunk_indices = (state.num_chunks,)
+            chunk_indices, noisy = (state.num_chunks,), (mode is ForwardMode.DENOISE,)
         # float64 runs (equivalence checks) get float64 tables; everything else rotates in float32.
         table_dtype = torch.float64 if hidden_states.dtype == torch.float64 else torch.float32
-        rotary_emb = chunk_rotary_emb(self.rope, chunk_indices, k, height // p_h, width // p_w, table_dtype)
+        config = self.config
+        attention_positions, memory_positions = segment_positions(
+            config.position_policy, config.trained_chunks, chunk_indices, noisy
+        )
+        grid = (k, height // p_h, width // p_w, table_dtype)
+        attention = chunk_rotary_emb(self.rope, attention_positions, *grid)
+        memory = (
+            attention
+            if memory_positions == attention_positions
+            else chunk_rotary_emb(self.rope, memory_positions, *grid)
+        )
+        rotary_emb = RotaryTables(attention, memory)
 
         # 2. Patch embedding and per-segment conditioning
         hidden_states = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2)  # (B, S*T, D)
@@ -528,6 +564,11 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
         )
     if config.lact_blocks is not None and not all(0 <= i < num_layers for i in config.lact_blocks):
         raise ValueError(f"lact_blocks={config.lact_blocks} must be block indices in [0, {num_layers}).")
+    policies = tuple(p.value for p in PositionPolicy)
+    if config.position_policy not in policies:
+        raise ValueError(f"position_policy must be one of {policies}; got {config.position_policy!r}.")
+    if config.trained_chunks is not None and config.trained_chunks < 1:
+        raise ValueError(f"trained_chunks must be >= 1 chunk, or None; got {config.trained_chunks}.")
     modes, dtypes = tuple(m.value for m in AttentionMode), tuple(d.value for d in MuonDtype)
     if config.attention_mode not in modes:
         raise ValueError(f"attention_mode must be one of {modes}; got {config.attention_mode!r}.")

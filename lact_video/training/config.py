@@ -52,7 +52,7 @@ from ..evaluation.per_chunk_loss import DEFAULT_NOISE_LEVELS, check_noise_levels
 from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
-from .flow_matching import LossWeighting, ShiftRule, TimestepSampling
+from .flow_matching import LossWeighting, ShiftRule, TimestepSampling, tokens_per_chunk
 from .trainable import LoraSettings, Trainable, target_modules_spec
 
 
@@ -141,6 +141,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     # Recompute each block's activations in the backward pass: less memory, more compute.
     gradient_checkpointing: bool = False
+    # Processes that share one clip, each holding 1/S of its tokens (Ulysses sequence parallelism): activations per
+    # process fall about 1/S. Divides the number of processes; data parallelism is processes / S.
+    sequence_parallel_size: int = 1
     # auto (bf16 with CUDA, fp32 without), no, bf16 or fp16.
     mixed_precision: str = "auto"
     # Save an atomic checkpoint every this many optimizer steps (and at the end).
@@ -153,6 +156,9 @@ class TrainConfig:
     validation_steps: int = 0
     # The noise levels t' of the per-chunk validation report; every chunk is noised to each of them.
     validation_noise_levels: list[float] = field(default_factory=lambda: list(DEFAULT_NOISE_LEVELS))
+    # Shift each micro-batch's rotary chunk positions by a random 0..this many chunks (docs/design.md Sec. 1.7), so
+    # the memory learns positions past the clip; 0: the clip's own positions. Sets model.lact.trained_chunks' default.
+    position_offset_max: int = 0
     # tensorboard, wandb, all or none.
     report_to: str = "tensorboard"
     # Project name for the trackers.
@@ -589,9 +595,12 @@ def _check_train(config: FinetuneConfig) -> None:
         "train.gradient_accumulation_steps": train.gradient_accumulation_steps,
         "train.checkpointing_steps": train.checkpointing_steps,
         "train.logging_steps": train.logging_steps,
+        "train.sequence_parallel_size": train.sequence_parallel_size,
         "model.lact.num_repeat": config.model.lact.num_repeat,
     }
     _require({key: (value, value >= 1, "must be 1 or more") for key, value in at_least_one.items()})
+    offset = train.position_offset_max
+    _require({"train.position_offset_max": (offset, offset >= 0, "must be 0 (no offsets) or more chunks")})
     if train.checkpoints_total_limit is not None and train.checkpoints_total_limit < 1:
         raise ConfigError(
             f"train.checkpoints_total_limit={train.checkpoints_total_limit} would keep no checkpoint: "
@@ -710,12 +719,33 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
     p_t, p_h, p_w = transformer_config["patch_size"]
     data = config.data
     h, w = latent_size(data.height, data.width)
-    post_patch = (data.latent_frames // p_t, h // p_h, w // p_w)
+    # Random position offsets (train.position_offset_max) reach that many chunks past the clip.
+    frames = data.latent_frames + config.train.position_offset_max * data.chunk_frames
+    post_patch = (frames // p_t, h // p_h, w // p_w)
     if max(post_patch) > transformer_config["rope_max_seq_len"]:
         raise ConfigError(
             f"the clip (data.num_frames={data.num_frames}, data.height={data.height}, data.width={data.width}) is "
             f"{post_patch} (frames, height, width) after patching, beyond the base transformer's "
             f"rope_max_seq_len={transformer_config['rope_max_seq_len']}: use fewer frames or a smaller size"
+        )
+    _check_sequence_parallel(config, transformer_config)
+
+
+def _check_sequence_parallel(config: FinetuneConfig, transformer_config: dict) -> None:
+    """Each rank of a sequence-parallel group holds 1/S of every chunk's tokens and, in attention, 1/S of the heads
+    (`lact_video.parallel`); DeepSpeed's uneven-head all-to-all needs its own sequence-parallel group, which the
+    trainer does not register (docs/design.md, Sec. 7), so S must divide both."""
+    size, data = config.train.sequence_parallel_size, config.data
+    heads = transformer_config["num_attention_heads"]
+    tokens = tokens_per_chunk(
+        data.chunk_frames, *latent_size(data.height, data.width), transformer_config["patch_size"]
+    )
+    if heads % size or tokens % size:
+        fits = [d for d in range(1, heads + 1) if heads % d == 0 and tokens % d == 0]
+        raise ConfigError(
+            f"train.sequence_parallel_size={size} must divide the base model's {heads} attention heads and the "
+            f"{tokens} tokens of a chunk (data.chunk_frames={data.chunk_frames} at {data.height}x{data.width}): use "
+            f"one of {', '.join(map(str, fits))}"
         )
 
 
@@ -732,8 +762,14 @@ def with_training_length(config: FinetuneConfig, num_samples: int, num_processes
 
 
 def lact_config(config: FinetuneConfig) -> dict:
-    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the variant, chunk_frames."""
-    return {**vars(config.model.lact), **VARIANTS[config.model.variant], "chunk_frames": config.data.chunk_frames}
+    """The LaCT keys for `LaCTWanTransformer3DModel.from_wan`: the lact section, the variant, chunk_frames, and
+    trained_chunks, when null, from the clip: its chunks plus train.position_offset_max."""
+    keys = {**vars(config.model.lact), **VARIANTS[config.model.variant], "chunk_frames": config.data.chunk_frames}
+    if keys["trained_chunks"] is None:
+        keys["trained_chunks"] = (
+            config.data.latent_frames // config.data.chunk_frames + config.train.position_offset_max
+        )
+    return keys
 
 
 REFERENCE_BEGIN, REFERENCE_END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"

@@ -1,18 +1,23 @@
-"""accelerate + DeepSpeed set-up: CPU-only fixes, known-harmless warnings, a report of how ZeRO-3 split the weights.
+"""accelerate + DeepSpeed set-up: CPU-only fixes, known-harmless warnings, a report of how ZeRO-3 split the weights,
+and the layout of data x sequence parallelism (`ParallelLayout`).
 
-See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA").
+See docs/design.md, Sec. 7 ("DeepSpeed ZeRO-3 without CUDA", and why DeepSpeed gets no sequence-parallel mpu).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import pathlib
 import sys
 import warnings
+from dataclasses import dataclass
 
 import torch
+
+from ..errors import ConfigError
 
 
 def skip_deepspeed_shm_build() -> None:
@@ -115,3 +120,44 @@ def partition_report(model: torch.nn.Module) -> dict:
         "num_params": len(params),
         "num_partitioned": len(sharded),
     }
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """How the processes split into data-parallel replicas and sequence-parallel groups (docs/design.md, Sec. 7).
+
+    Process `r` of `W` belongs to sequence-parallel group `r // S`, the consecutive ranks `[g*S, (g+1)*S)` as
+    DeepSpeed's own `parallel_state_sp` lays them out (so one node's GPUs share the all-to-alls), and that group is
+    data-parallel replica `r // S` of `W // S`: its processes read the same clip with the same noise.
+    """
+
+    sequence_parallel_size: int  # S
+    data_parallel_size: int  # W // S: the processes that read different clips
+    data_parallel_rank: int  # r // S: which clips this process (and its group) reads
+    group: object | None = None  # this process's sequence-parallel torch ProcessGroup; None when S == 1
+
+    @classmethod
+    def of(cls, num_processes: int, process_index: int, sequence_parallel_size: int) -> ParallelLayout:
+        """The layout of process `process_index` of `num_processes` (no group yet).
+
+        Raises ConfigError when `sequence_parallel_size` does not divide `num_processes`.
+        """
+        if num_processes % sequence_parallel_size:
+            divisors = [d for d in range(1, num_processes + 1) if num_processes % d == 0]
+            raise ConfigError(
+                f"train.sequence_parallel_size={sequence_parallel_size} does not divide the {num_processes} "
+                f"process(es) of this launch (data parallelism is processes / sequence_parallel_size): use one of "
+                f"{', '.join(map(str, divisors))}, or launch a multiple of {sequence_parallel_size} processes."
+            )
+        return cls(sequence_parallel_size, num_processes // sequence_parallel_size,
+                   process_index // sequence_parallel_size)  # fmt: skip
+
+
+def parallel_layout(accelerator, sequence_parallel_size: int) -> ParallelLayout:
+    """This process's `ParallelLayout`, with its sequence-parallel process group when S > 1 (every process calls
+    this: torch's `new_subgroups` is collective). Raises ConfigError as `ParallelLayout.of`."""
+    layout = ParallelLayout.of(accelerator.num_processes, accelerator.process_index, sequence_parallel_size)
+    if sequence_parallel_size == 1:
+        return layout
+    group, _ = torch.distributed.new_subgroups(group_size=sequence_parallel_size)
+    return dataclasses.replace(layout, group=group)

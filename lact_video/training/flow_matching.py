@@ -178,6 +178,16 @@ def sample_seed(*key: int) -> int:
     return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def draw_position_offset(position: int, seed: int, offset_max: int) -> int:
+    """A micro-batch's rotary position offset, in chunks, uniform in `0 .. offset_max` (`train.position_offset_max`,
+    docs/design.md Sec. 1.7): drawn from `(seed, position)`, the batch's first sample position, so a resumed run
+    draws the same offsets. 0 without drawing when `offset_max` is 0."""
+    if offset_max == 0:
+        return 0
+    generator = torch.Generator().manual_seed(sample_seed(seed, position, 1))  # (.., 1): not the sample's stream
+    return int(torch.randint(0, offset_max + 1, (), generator=generator))
+
+
 def draw_sample_randomness(
     positions: list[int],
     *,
@@ -222,6 +232,7 @@ def teacher_forcing_loss(
     chunk_frames: int,
     weights: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    position_offset: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One teacher-forced flow-matching loss over a batch of clips.
 
@@ -233,6 +244,7 @@ def teacher_forcing_loss(
         noise: (B, R, C, F, H, W).
         weights: (B, R, N) optional loss weights.
         dtype: the dtype of the model's inputs (bf16 under DeepSpeed bf16); the loss is float32.
+        position_offset: the rotary position, in chunks, of the clips' first chunk (`draw_position_offset`).
 
     Returns:
         `reduce_chunk_losses`: the scalar loss and the (N,) per-chunk mean squared errors.
@@ -241,6 +253,6 @@ def teacher_forcing_loss(
     noisy = add_noise(latents, noise, t, chunk_frames)  # (B, R, C, F, H, W)
     sequence = interleave_teacher_forcing(noisy, latents, chunk_frames)  # (B, C, S*k, H, W)
     timesteps = interleave_timesteps(t * 1000)  # (B, S), 0 on clean segments
-    pred = model(sequence.to(dtype), timesteps, prompt_embeds.to(dtype)).sample  # (B, R, C, F, H, W)
+    pred = model(sequence.to(dtype), timesteps, prompt_embeds.to(dtype), position_offset=position_offset).sample
     mse = chunk_mse(pred, velocity_target(latents, noise), chunk_frames)  # (B, R, N)
     return reduce_chunk_losses(mse, weights)

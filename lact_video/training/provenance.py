@@ -10,6 +10,8 @@ is written to the run folder:
 - the launch must be able to load the files: a DeepSpeed checkpoint needs DeepSpeed with the same ZeRO
   stage and mixed precision, and under ZeRO (stage >= 1 splits the optimizer states per process) the
   same number of processes; a checkpoint written without DeepSpeed cannot be loaded by a DeepSpeed run.
+- `train.sequence_parallel_size` may change: ZeRO-3's shards and the EMA slices depend on the number of processes
+  only. The data-parallel size changes with it, and so do the clips per optimizer step (warned, with both counts).
 - the length: resuming at or past `train.max_train_steps` would train nothing and export the checkpoint as the
   finetune; refused unless `train.export_only` asks for that export.
 - everything else may change and is logged as a warning; the optimizer settings (`optimizer.*`, and the schedule's
@@ -60,6 +62,7 @@ class Provenance:
     mixed_precision: str | None = None  # accelerate's resolved mixed precision (no, bf16, fp16)
     lact_video_version: str | None = None
     config: dict | None = None  # the full FinetuneConfig as plain data (enums as strings)
+    sequence_parallel_size: int = 1  # processes per sequence-parallel group (train.sequence_parallel_size)
 
     @classmethod
     def of_run(cls, config, accelerator) -> Provenance:
@@ -69,6 +72,7 @@ class Provenance:
             distributed_type=accelerator.distributed_type.value,
             zero_stage=plugin.zero_stage if plugin is not None else None,
             mixed_precision=accelerator.mixed_precision,
+            sequence_parallel_size=config.train.sequence_parallel_size,
             lact_video_version=__version__,
             config=OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True),
         )
@@ -97,6 +101,12 @@ def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
         check_length(path, marker["step"], config.train)
     then, now = Provenance.from_marker(marker), Provenance.of_run(config, accelerator)
     check_launch(path, then, now)
+    if then.sequence_parallel_size != now.sequence_parallel_size and then.config is not None:
+        logger.warning(
+            "%s was trained with train.sequence_parallel_size=%d, this run uses %d: the clips per optimizer step go "
+            "from %d to %d", path.name, then.sequence_parallel_size, now.sequence_parallel_size,
+            clips_per_step(then), clips_per_step(now),
+        )  # fmt: skip
     changes = config_changes(then.config, now.config, where=str(path / MARKER))
     fixed = {key: change for key, change in changes.items() if is_fixed(key)}
     if fixed:
@@ -109,6 +119,13 @@ def check_resume(path: pathlib.Path, marker: dict, config, accelerator) -> None:
         # A warning for all of them: even an optimizer setting makes the resumed run differ from the one recorded.
         listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
         logger.warning("Settings changed since %s: %s (they apply from this resume on)", path.name, listed)
+
+
+def clips_per_step(made: Provenance) -> int:
+    """Clips one optimizer step reads: data-parallel processes x train_batch_size x gradient_accumulation_steps."""
+    train = made.config["train"]
+    data_parallel = made.num_processes // made.sequence_parallel_size
+    return data_parallel * train["train_batch_size"] * train["gradient_accumulation_steps"]
 
 
 def check_length(path: pathlib.Path, step: int, train) -> None:

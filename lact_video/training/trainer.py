@@ -38,6 +38,7 @@ from ..data import LatentCacheDataset, VideoFolderDataset
 from ..evaluation import per_chunk_loss, write_report
 from ..geometry import latent_size
 from ..models import LaCTWanTransformer3DModel
+from ..parallel import disable_sequence_parallel, enable_sequence_parallel
 from . import checkpointing, provenance
 from .config import (
     ConfigError,
@@ -51,6 +52,8 @@ from .config import (
     with_training_length,
 )
 from .distributed import (
+    ParallelLayout,
+    parallel_layout,
     partition_report,
     process_group_kwargs,
     resolve_deepspeed_config_file,
@@ -63,6 +66,7 @@ from .export import export_pipeline
 from .flow_matching import (
     ShiftRule,
     chunk_loss_weights,
+    draw_position_offset,
     draw_sample_randomness,
     shift_timesteps,
     teacher_forcing_loss,
@@ -111,13 +115,16 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     """Train, checkpoint and export; returns the exported pipeline folder (None when not exported)."""
     asked = load_config(argv)  # checks the clip geometry before any model loads
     accelerator = make_accelerator(asked)
+    layout = parallel_layout(accelerator, asked.train.sequence_parallel_size)
     resume_from = check_run_folder(asked, accelerator)  # before any model loads, and before any write
     datasets = make_datasets(asked)
-    config = with_training_length(asked, len(datasets.train), accelerator.num_processes)  # num_train_epochs
+    config = with_training_length(asked, len(datasets.train), layout.data_parallel_size)  # num_train_epochs
     if resume_from is not None and asked.train.max_train_steps is None:  # check_resume checked a length that was set
         provenance.check_length(resume_from, checkpointing.read_marker(resume_from)["step"], config.train)
     models = load_models(config, accelerator, encode_on_the_fly=not isinstance(datasets.train, LatentCacheDataset))
     set_trainable(models.transformer, config.model.trainable, config.model.lora)
+    if layout.group is not None:
+        enable_sequence_parallel(models.transformer, layout.group)
     optimizer, lr_scheduler = make_optimizer(config, models.transformer)
     prepared = prepare(config, accelerator, models.transformer, optimizer, lr_scheduler)
     step = resume(accelerator, prepared, resume_from)
@@ -125,8 +132,10 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
         # The run folder's first write (a failed start leaves it as it was); it saves the config as asked, so that
         # a resume derives the length from num_train_epochs again.
         start_run_folder(asked, accelerator)
-        write_run_info(config, accelerator, prepared.transformer, datasets, step, resume_from)
-        step = train(config, accelerator, prepared, models, datasets, step)
+        write_run_info(config, accelerator, layout, prepared.transformer, datasets, step, resume_from)
+        step = train(config, accelerator, layout, prepared, models, datasets, step)
+    if layout.group is not None:  # the exported model is the plain single-device one
+        disable_sequence_parallel(models.transformer)
     export_dir = None
     if config.train.export_at_end or config.train.export_only:
         export_dir = export(config, accelerator, prepared)
@@ -252,13 +261,15 @@ def make_datasets(config: FinetuneConfig) -> Datasets:
     return Datasets(train, validation, skipped)
 
 
-def make_loader(config: FinetuneConfig, accelerator, dataset, start_micro_batch: int):
-    """Batches for this process, from global micro-batch `start_micro_batch` on (see `sampling`)."""
+def make_loader(config: FinetuneConfig, layout: ParallelLayout, dataset, start_micro_batch: int):
+    """Batches for this process, from global micro-batch `start_micro_batch` on (see `sampling`): sharded by
+    data-parallel rank, so the processes of one sequence-parallel group read the same clips (and, seeded by the
+    clips' stream positions, draw the same times, noise and caption dropout)."""
     sampler = ResumableSampler(
         len(dataset),
         config.train.train_batch_size,
-        accelerator.num_processes,
-        accelerator.process_index,
+        layout.data_parallel_size,
+        layout.data_parallel_rank,
         config.train.seed,
         start_micro_batch,
     )
@@ -424,7 +435,7 @@ def trainable_report(config, accelerator, model) -> dict:
     }
 
 
-def write_run_info(config, accelerator, transformer, datasets: Datasets, global_step, resumed_from) -> None:
+def write_run_info(config, accelerator, layout, transformer, datasets: Datasets, global_step, resumed_from) -> None:
     """train_info.json: how ZeRO-3 split the weights on every rank, the parameters, the data."""
     from accelerate.utils import gather_object
 
@@ -435,6 +446,8 @@ def write_run_info(config, accelerator, transformer, datasets: Datasets, global_
     plugin = accelerator.state.deepspeed_plugin
     info = {
         "num_processes": accelerator.num_processes,
+        "sequence_parallel_size": layout.sequence_parallel_size,
+        "data_parallel_size": layout.data_parallel_size,
         "distributed_type": str(accelerator.distributed_type),
         "zero_stage": plugin.zero_stage if plugin is not None else None,
         "mixed_precision": accelerator.mixed_precision,
@@ -482,22 +495,32 @@ class StepSettings:
     shift: float  # the timestep shift s of `flow_matching.shift_timesteps`
     dtype: torch.dtype  # the model's input dtype (`input_dtype`)
     params: list[torch.nn.Parameter]  # the trainable weights, for gradient clipping
+    # S: each process's gradient is its tokens' share (the sum over its sequence-parallel group is the clip's
+    # gradient), and DeepSpeed and DDP average over all S x D processes, so the loss is scaled by S before backward.
+    sequence_parallel_size: int = 1
+
+    @classmethod
+    def of_run(cls, config: FinetuneConfig, accelerator, layout: ParallelLayout, transformer) -> StepSettings:
+        shift = timestep_shift(config, accelerator.unwrap_model(transformer))
+        params = trainable_parameters(accelerator, transformer)
+        return cls(shift, input_dtype(accelerator), params, layout.sequence_parallel_size)
 
 
-def train(config, accelerator, prepared: Prepared, models: Models, datasets: Datasets, global_step: int) -> int:
+def train(
+    config, accelerator, layout, prepared: Prepared, models: Models, datasets: Datasets, global_step: int
+) -> int:
     """The training loop from `global_step` to `train.max_train_steps`; returns the last step."""
     from accelerate.utils import tqdm
 
     train_cfg = config.train
     output_dir = pathlib.Path(train_cfg.output_dir)
-    shift = timestep_shift(config, accelerator.unwrap_model(prepared.transformer))
-    settings = StepSettings(shift, input_dtype(accelerator), trainable_parameters(accelerator, prepared.transformer))
+    settings = StepSettings.of_run(config, accelerator, layout, prepared.transformer)
     start_micro_batch = global_step * train_cfg.gradient_accumulation_steps
-    batches = iter(make_loader(config, accelerator, datasets.train, start_micro_batch=start_micro_batch))
+    batches = iter(make_loader(config, layout, datasets.train, start_micro_batch=start_micro_batch))
     metrics = MetricsLog(output_dir / "metrics.jsonl", accelerator)
     progress = tqdm(total=train_cfg.max_train_steps, initial=global_step, desc="Steps", main_process_only=True)
     validate = functools.partial(
-        validation_loss, config, accelerator, prepared.transformer, models, datasets.validation, settings.dtype
+        validation_loss, config, accelerator, layout, prepared.transformer, models, datasets.validation, settings.dtype
     )
     made = provenance.Provenance.of_run(config, accelerator).as_marker()  # recorded in every checkpoint
     starting = global_step < train_cfg.max_train_steps
@@ -563,17 +586,7 @@ def micro_step(config, accelerator, prepared: Prepared, models: Models, settings
     (None unless gradients synced here and the backend reports one). Raises `NonFiniteLossError`.
     """
     output_dir = config.train.output_dir
-    with timer("encode_s"):
-        latents, prompt_embeds = encode_batch(batch, models, config, accelerator.device)
-    positions = batch["position"].tolist()
-    loss, chunk_losses = batch_loss(
-        config, prepared.transformer, models, latents, prompt_embeds, positions, settings.shift, settings.dtype
-    )
-    # One all-reduce and one host sync per micro-step: every rank sees the same value, so
-    # all of them stop together (a lone rank stopping would hang the others).
-    reduced = accelerator.reduce(torch.cat([loss.detach()[None], chunk_losses]), "mean").cpu()
-    check_finite(reduced, "loss", step, output_dir)
-    accelerator.backward(loss)
+    reduced = forward_backward(config, accelerator, prepared.transformer, models, settings, batch, timer, step)
     grad_norm = None
     if accelerator.sync_gradients:
         grad_norm = accelerator.clip_grad_norm_(settings.params, config.optimizer.max_grad_norm)
@@ -583,6 +596,26 @@ def micro_step(config, accelerator, prepared: Prepared, models: Models, settings
     prepared.optimizer.step()
     prepared.optimizer.zero_grad()
     return reduced, grad_norm
+
+
+def forward_backward(config, accelerator, transformer, models: Models, settings: StepSettings, batch, timer, step):
+    """The loss of one micro-batch and its backward; returns the process-mean `[loss, *chunk_losses]` (1 + N,).
+
+    Raises `NonFiniteLossError` before the backward.
+    """
+    with timer("encode_s"):
+        latents, prompt_embeds = encode_batch(batch, models, config, accelerator.device)
+    positions = batch["position"].tolist()
+    loss, chunk_losses = batch_loss(
+        config, transformer, models, latents, prompt_embeds, positions, settings.shift, settings.dtype
+    )
+    # One all-reduce and one host sync per micro-step: every rank sees the same value, so
+    # all of them stop together (a lone rank stopping would hang the others). The processes of a
+    # sequence-parallel group hold the same loss, so the mean over all is the mean over the clips.
+    reduced = accelerator.reduce(torch.cat([loss.detach()[None], chunk_losses]), "mean").cpu()
+    check_finite(reduced, "loss", step, config.train.output_dir)
+    accelerator.backward(loss * settings.sequence_parallel_size)  # see StepSettings.sequence_parallel_size
+    return reduced
 
 
 def batch_loss(config, transformer, models: Models, latents, prompt_embeds, positions, shift, dtype):
@@ -605,7 +638,8 @@ def batch_loss(config, transformer, models: Models, latents, prompt_embeds, posi
     prompt_embeds = torch.where(drop[:, None, None], empty, prompt_embeds)  # caption dropout, for CFG
     weights = chunk_loss_weights(t_raw, fm.loss_weighting, fm.logit_mean, fm.logit_std)  # at the unshifted t
     t = shift_timesteps(t_raw, shift)
-    return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype)
+    offset = draw_position_offset(positions[0], config.train.seed, config.train.position_offset_max)
+    return teacher_forcing_loss(transformer, latents, prompt_embeds, t, noise, k, weights, dtype, offset)
 
 
 def check_finite(value: torch.Tensor, what: str, step: int, output_dir) -> None:
@@ -670,13 +704,17 @@ class MetricsLog:
 
 
 @torch.no_grad()
-def validation_loss(config, accelerator, transformer, models: Models, dataset, dtype, global_step: int) -> dict:
+def validation_loss(
+    config, accelerator, layout, transformer, models: Models, dataset, dtype, global_step: int
+) -> dict:
     """The per-chunk validation report (lact_video.evaluation) on the held-out clips.
 
-    The same numbers as `finetune/validate.py`: fixed noise levels, noise seeded per clip. The main
-    process writes the report files to `output_dir/validation/step-<N>/`; the trackers get the
-    per-chunk means.
+    The same numbers as `finetune/validate.py`: fixed noise levels, noise seeded per clip. The clips are
+    shared out by data-parallel rank (a sequence-parallel group evaluates each of its clips together, and
+    the sum over all processes counts it S times). The main process writes the report files to
+    `output_dir/validation/step-<N>/`; the trackers get the per-chunk means.
     """
+    copies = layout.sequence_parallel_size
 
     def clip_at(index):
         item = dataset[index]
@@ -691,9 +729,9 @@ def validation_loss(config, accelerator, transformer, models: Models, dataset, d
         config.train.validation_noise_levels,
         seed=config.train.seed,
         dtype=dtype,
-        process_index=accelerator.process_index,
-        num_processes=accelerator.num_processes,
-        reduce_sum=lambda x: accelerator.reduce(x, "sum"),
+        process_index=layout.data_parallel_rank,
+        num_processes=layout.data_parallel_size,
+        reduce_sum=lambda x: accelerator.reduce(x, "sum") / copies,
     )
     if accelerator.is_main_process:
         folder = pathlib.Path(config.train.output_dir) / "validation" / f"step-{global_step}"

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     encoded = {source: encode_clips(config, data_dir, source, args.max_clips) for source in dict.fromkeys(sources)}
 
     # 3. Evaluate every checkpoint on the same noise (and the same clips where the encoders agree)
-    results = {}
+    results, trained = {}, set()  # trained: the training lengths the models record (docs/design.md Sec. 1.7)
     for name, path, kind, source in zip(names, checkpoints, kinds, sources):
         clips = encoded[source]
         model = load_transformer(path, kind, config).eval()
@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = per_chunk_loss(
             model, clips.__getitem__, len(clips), args.noise_levels, args.seed, progress=True
         )
+        trained.add(model.config.trained_chunks)
         del model
 
-    # 4. Write the report
-    paths = write_report(results, args.output_dir)
+    # 4. Write the report, marking the training length if every model records the same one
+    paths = write_report(results, args.output_dir, trained_chunks=trained.pop() if len(trained) == 1 else None)
     for kind, path in paths.items():
         print(f"{kind:>8}: {path}")
     return paths

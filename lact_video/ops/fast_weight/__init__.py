@@ -1,7 +1,9 @@
 """Fast-weight memory ops: `chunk` is the fast path, `naive` the plain reference."""
 
 from .chunk import (
+    LOCAL_TOKENS,
     FastWeights,
+    TokenReduction,
     UpdateRule,
     fast_weight_apply,
     fast_weight_gradient,
@@ -12,7 +14,9 @@ from .chunk import (
 from .naive import fast_weight_naive
 
 __all__ = [
+    "LOCAL_TOKENS",
     "FastWeights",
+    "TokenReduction",
     "UpdateRule",
     "fast_weight_apply",
     "fast_weight_gradient",

@@ -45,6 +45,27 @@ class UpdateRule:
     muon_dtype: torch.dtype = torch.float32  # bf16 is the authors' GPU choice
 
 
+class TokenReduction:
+    """Completes a chunk's statistics over its tokens: identity, because a single device holds them all.
+
+    The hook point of token-parallel training (docs/design.md, Sec. 2.5): `lact_video.parallel` substitutes a
+    subclass whose methods complete the partial results over the ranks that hold the chunk's other tokens. The
+    model code itself stays single-device.
+    """
+
+    def sum(self, partial: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Sums over this device's tokens -> sums over all the chunk's tokens (same shapes)."""
+        return partial
+
+    def mean(self, partial: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """Means over this device's tokens -> means over all the chunk's tokens (same shapes)."""
+        return partial
+
+
+# All tokens on this device: the reduction every single-device caller uses.
+LOCAL_TOKENS = TokenReduction()
+
+
 def row_norms(weights: FastWeights) -> FastWeights:
     """Per-row L2 norms `(B, rows, 1)`: the targets of weight norm, taken from the initial state."""
     return FastWeights(*(w.norm(dim=-1, keepdim=True) for w in weights))
@@ -93,6 +114,7 @@ def fast_weight_update(
     norms: FastWeights | None = None,
     momentum: torch.Tensor | None = None,
     previous_update: FastWeights | None = None,
+    reduction: TokenReduction = LOCAL_TOKENS,
 ) -> tuple[FastWeights, FastWeights | None]:
     """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm.
 
@@ -100,11 +122,13 @@ def fast_weight_update(
         norms: row norms of the initial state (`row_norms`), required when `rule.weight_norm`.
         momentum: (B,) the chunk's mean momentum gate, required when `rule.momentum`.
         previous_update: the previous chunk's momentum-accumulated update, `None` before the first.
+        reduction: completes the gradient, a sum over the chunk's tokens, where other devices hold some of them;
+            it runs before momentum, Muon and weight norm, which need the whole chunk's gradient.
 
     Returns:
         The new weights and the update to carry as `previous_update` (`None` without momentum).
     """
-    update = fast_weight_gradient(weights, key, value, lr)
+    update = FastWeights(*reduction.sum(fast_weight_gradient(weights, key, value, lr)))
     carried = None
     if rule.momentum:
         if previous_update is not None:
@@ -128,6 +152,7 @@ def fast_weight_teacher_forcing(
     clean_lr: torch.Tensor,
     rule: UpdateRule,
     clean_momentum: torch.Tensor | None = None,
+    reduction: TokenReduction = LOCAL_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The memory over a whole teacher-forcing sequence, one short loop over chunks.
 
@@ -140,6 +165,7 @@ def fast_weight_teacher_forcing(
         noisy_query: (B, N, Ln, d), all noisy copies of each chunk (`Ln = R * T`).
         clean_query, clean_key, clean_value: (B, N-1, T, d), clean chunks `c_0 .. c_{N-2}`.
         clean_lr: (B, N-1, T, 3).  clean_momentum: (B, N-1) mean momentum gate per clean chunk.
+        reduction: as in `fast_weight_update` (`T` is then this device's share of each chunk's tokens).
 
     Returns:
         `(noisy_out (B, N, Ln, d), clean_out (B, N-1, T, d))`.
@@ -162,7 +188,7 @@ def fast_weight_teacher_forcing(
         if i < num_chunks - 1:
             momentum = clean_momentum[i] if rule.momentum else None
             weights, previous = fast_weight_update(
-                weights, clean_key[i], clean_value[i], clean_lr[i], rule, norms, momentum, previous
+                weights, clean_key[i], clean_value[i], clean_lr[i], rule, norms, momentum, previous, reduction
             )
     noisy = torch.stack(noisy_out, dim=1)
     clean = torch.stack(clean_out, dim=1) if clean_out else noisy.new_zeros(clean_shape)
