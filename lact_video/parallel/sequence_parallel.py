@@ -130,7 +130,8 @@ class _SplitTokensHook(ModelHook):
         mode = ForwardMode(arguments["mode"])
         if mode is not ForwardMode.TEACHER_FORCING:
             raise _refuse_mode(mode)
-        tokens = arguments["rotary_emb"].shape[1]  # (S, T, 1, D/2, 2)
+        rotary = arguments["rotary_emb"]  # RotaryTables of (S, T, 1, D/2, 2) tables
+        tokens = rotary.attention.shape[1]
         if tokens % self.size:
             divisors = [p for p in range(2, tokens + 1) if tokens % p == 0][:6]
             raise ValueError(
@@ -139,7 +140,7 @@ class _SplitTokensHook(ModelHook):
                 f"Use a sequence_parallel_size that divides T (e.g. {divisors}), or a resolution or chunk_frames "
                 f"whose T the size divides."
             )
-        arguments["rotary_emb"] = arguments["rotary_emb"].chunk(self.size, dim=1)[self.rank]
+        arguments["rotary_emb"] = type(rotary)(*(table.chunk(self.size, dim=1)[self.rank] for table in rotary))
         if self.split_hidden_states:
             arguments["hidden_states"] = arguments["hidden_states"].chunk(self.size, dim=2)[
                 self.rank

@@ -75,6 +75,7 @@ from .flow_matching import (
 )
 from .sampling import KeyedDataset, ResumableSampler
 from .trainable import lora_parameters, new_parameters, optimizer_state_bytes, parameter_groups, set_trainable
+from .zero_loading import is_zero3, load_zero3, zero_init_config
 
 # The checkout this package runs from: accelerate configs name their DeepSpeed JSON relative to it.
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -316,11 +317,18 @@ def load_models(config: FinetuneConfig, accelerator, encode_on_the_fly: bool) ->
         empty_prompt_embeds = encode_prompts(
             encoders.tokenizer, encoders.text_encoder, [""], config.data.max_sequence_length
         )[0]
-        # Under DeepSpeed bf16 the engine casts the weights to bf16 anyway (its fp32 master copy is
-        # made from them), so load them in bf16 and halve the peak host memory.
-        transformer = LaCTWanTransformer3DModel.from_wan(
-            path, subfolder="transformer", torch_dtype=input_dtype(accelerator), **lact_config(config)
-        )
+        if is_zero3(accelerator):
+            # Each rank builds and holds only its shard of the weights, never a whole copy (docs/design.md Sec. 7).
+            transformer = load_zero3(
+                path, ds_config=zero_init_config(accelerator), subfolder="transformer", revision=revision,
+                lact_config=lact_config(config),
+            )  # fmt: skip
+        else:
+            # Under DeepSpeed bf16 the engine casts the weights to bf16 anyway (its fp32 master copy is
+            # made from them), so load them in bf16 and halve the peak host memory.
+            transformer = LaCTWanTransformer3DModel.from_wan(
+                path, subfolder="transformer", torch_dtype=input_dtype(accelerator), **lact_config(config)
+            )
     if config.train.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     transformer.train()
