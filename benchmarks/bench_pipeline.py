@@ -16,6 +16,14 @@ tiny random Wan models of `lact_video.tiny` (built into a temporary folder), on 
   process's RSS is its imports and weights, so the RSS after every chunk of a 64-chunk run is
   sampled too: `rss_growth_within_run` is the largest RSS after chunks 49..64 over the largest
   after chunks 1..16.
+- `ingest_time_growth`: continuing a real clip (`video=` an mp4 of 64 chunks at `--ingest-size`, 256x256 by
+  default): the time to ingest chunks 49..64 of the clip over chunks 1..16 (each chunk: read from the file,
+  encoded with the VAE's causal cache carried, committed into the memory, decoded to prime the decoder), timed
+  in lockstep as `chunk_time_growth` is. Target <= 1.10.
+- `ingest_rss_growth`: peak RSS of a fresh process that continues a 64-chunk mp4 clip over one that continues
+  a 16-chunk clip (smallest peak of `repeats` processes each, as `peak_rss_growth`). The 64-chunk clip's
+  decoded frames alone (765 frames, 150 MB as uint8) would break the target if they were ever held at once.
+  Target <= 1.10.
 - `speedup_vs_wanpipeline`: diffusers' `WanPipeline` (full attention over the whole clip) on the
   same base weights, same frames, steps (50 by default, Wan's default) and resolution (128x128,
   48 latent frames; `--speedup-latent-frames` for other lengths), wall time over
@@ -53,7 +61,7 @@ import numpy as np
 import torch
 
 from lact_video.geometry import latent_size, video_num_frames
-from pipelines import LaCTVideoPipeline, WanStreamingDecoder
+from pipelines import LaCTVideoPipeline, VideoStreamWriter, WanStreamingDecoder
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,6 +76,7 @@ SECTIONS = (
     "length_compiled",
     "text_context",
     "call_cost",
+    "ingest",
 )
 TINY_LACT = dict(chunk_frames=3, fw_head_dim=12)
 SMALL_LACT = dict(chunk_frames=3, fw_head_dim=128)
@@ -103,18 +112,38 @@ def bench_chunk_time(base: str, size: int, steps: int, runs: int = 3, output_typ
     Each chunk index takes its fastest time over the `runs` pairs. The plain ratio within the early
     generations (chunks 49..64 over their own chunks 1..16, minutes apart) is reported as well.
     """
-    num_chunks, window = 64, 16
-    pipe = load_lact(base, TINY_LACT)
-    # Own schedulers: the lockstep streams must not share scheduler state (the rest is read-only).
-    components = pipe.components
-    pipes = [LaCTVideoPipeline(**{**components, "scheduler": copy.deepcopy(pipe.scheduler)}) for _ in range(2 * runs)]
-    for p in pipes:
-        p.set_progress_bar_config(disable=True)
+    pipes = lockstep_pipes(base, 2 * runs)
     for _ in pipes[0].stream(**generation_kwargs(2, size, steps), output_type=output_type):
         pass  # warm-up: first-call costs of every shape
+    streams = [p.stream(**generation_kwargs(64, size, steps), output_type=output_type) for p in pipes]
+    figures = time_in_lockstep(streams[:runs], streams[runs:])
+    suffix = "" if output_type == "np" else "_without_decode"
+    return {
+        f"chunk_time_growth{suffix}": figures["growth"],
+        f"chunk_time_growth_same_generation{suffix}": figures["growth_same_stream"],
+        f"chunk_ms_1_16{suffix}": figures["ms_1_16"],
+        f"chunk_ms_49_64{suffix}": figures["ms_49_64"],
+    }
 
-    streams = [p.stream(**generation_kwargs(num_chunks, size, steps), output_type=output_type) for p in pipes]
-    early, late = streams[:runs], streams[runs:]
+
+def lockstep_pipes(base: str, count: int) -> list[LaCTVideoPipeline]:
+    """`count` pipelines on one tiny model's components, each with its own scheduler: streams run in lockstep must
+    not share scheduler state (the rest is read-only)."""
+    pipe = load_lact(base, TINY_LACT)
+    pipes = [
+        LaCTVideoPipeline(**{**pipe.components, "scheduler": copy.deepcopy(pipe.scheduler)}) for _ in range(count)
+    ]
+    for p in pipes:
+        p.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def time_in_lockstep(early: list, late: list, num_chunks: int = 64, window: int = 16) -> dict:
+    """Chunks `num_chunks - window + 1 .. num_chunks` of the `early` streams over chunks `1 .. window` of the
+    `late` ones, which start when the early ones reach the last window, so that both windows are timed side by
+    side (see `bench_chunk_time`). Each chunk index takes its fastest time over the streams of its group.
+    """
+    runs = len(early)
     times_early, times_late = np.zeros((runs, num_chunks)), np.zeros((runs, window))
     for i in range(num_chunks):
         for group, times, j in ((early, times_early, i), (late, times_late, i - (num_chunks - window))):
@@ -125,21 +154,61 @@ def bench_chunk_time(base: str, size: int, steps: int, runs: int = 3, output_typ
                 next(stream)
                 times[r, j] = time.perf_counter() - start
     last, first = times_early[:, -window:].min(axis=0), times_late.min(axis=0)
-    suffix = "" if output_type == "np" else "_without_decode"
     return {
-        f"chunk_time_growth{suffix}": float(last.sum() / first.sum()),
-        f"chunk_time_growth_same_generation{suffix}": float(last.sum() / times_early[:, :window].min(axis=0).sum()),
-        f"chunk_ms_1_16{suffix}": float(first.mean() * 1e3),
-        f"chunk_ms_49_64{suffix}": float(last.mean() * 1e3),
+        "growth": float(last.sum() / first.sum()),
+        "growth_same_stream": float(last.sum() / times_early[:, :window].min(axis=0).sum()),
+        "ms_1_16": float(first.mean() * 1e3),
+        "ms_49_64": float(last.mean() * 1e3),
     }
 
 
-def rss_child(base: str, num_chunks: int, size: int, steps: int, threads: int) -> None:
-    """Runs in a fresh process: stream `num_chunks` chunks to an mp4, print the RSS figures as JSON."""
+def write_clip(path: pathlib.Path, num_chunks: int, size: int, fps: int = 16) -> pathlib.Path:
+    """An H.264 mp4 of `num_chunks` whole chunks (4 * 3 * num_chunks - 3 frames) at size x size: colour waves
+    drifting across the picture, written chunk by chunk (the whole clip is never held)."""
+    y, x = np.mgrid[:size, :size] / size
+    writer = VideoStreamWriter(path, size, size, fps)
+    total = video_num_frames(3 * num_chunks)
+    for start in range(0, total, 12):
+        t = np.arange(start, min(start + 12, total))[:, None, None, None] / fps
+        phase = np.array([0.0, 2.1, 4.2])
+        writer.write(0.5 + 0.5 * np.sin(6 * x[None, ..., None] + 4 * y[None, ..., None] * np.cos(t) + 3 * t + phase))
+    writer.close()
+    return path
+
+
+def continue_kwargs(clip: pathlib.Path, size: int, steps: int) -> dict:
+    """Continue `clip` by one chunk, with the clip's chunks in the stream (one item per ingested chunk)."""
+    kwargs = generation_kwargs(1, size, steps)
+    return {**kwargs, "num_frames": 12, "video": str(clip), "return_input_video": True}
+
+
+def bench_ingest_time(base: str, clip: pathlib.Path, warm_clip: pathlib.Path, size: int, steps: int, runs: int = 2):
+    """Chunks 49..64 of a 64-chunk clip over chunks 1..16, ingested from an mp4 in lockstep (`time_in_lockstep`)."""
+    pipes = lockstep_pipes(base, 2 * runs)
+    for _ in pipes[0].stream(**continue_kwargs(warm_clip, size, steps)):
+        pass  # warm-up: first-call costs of every shape
+    streams = [p.stream(**continue_kwargs(clip, size, steps)) for p in pipes]
+    figures = time_in_lockstep(streams[:runs], streams[runs:])
+    for stream in streams:
+        stream.close()
+    return {
+        "ingest_time_growth": figures["growth"],
+        "ingest_time_growth_same_clip": figures["growth_same_stream"],
+        "ingest_ms_1_16": figures["ms_1_16"],
+        "ingest_ms_49_64": figures["ms_49_64"],
+    }
+
+
+def rss_child(base: str, num_chunks: int, size: int, steps: int, threads: int, clip: str | None = None) -> None:
+    """Runs in a fresh process: stream `num_chunks` chunks to an mp4, or continue the mp4 `clip` by one chunk; print
+    the RSS figures as JSON."""
     torch.set_num_threads(threads)
     pipe = load_lact(base, TINY_LACT)
     with tempfile.TemporaryDirectory() as tmp:
-        stream = pipe.stream(**generation_kwargs(num_chunks, size, steps), output_path=os.path.join(tmp, "v.mp4"))
+        if clip is None:
+            stream = pipe.stream(**generation_kwargs(num_chunks, size, steps), output_path=os.path.join(tmp, "v.mp4"))
+        else:
+            stream = pipe.stream(**continue_kwargs(pathlib.Path(clip), size, steps))
         rss = [_proc_status_kib("VmRSS") for _ in stream]  # after every chunk
     # The peak of this process's own memory map. Not `ru_maxrss`: Linux carries it across execve, so a
     # child spawned by a big parent reports the parent's peak.
@@ -153,14 +222,35 @@ def _proc_status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
-def bench_peak_rss(base: str, size: int, steps: int, threads: int, repeats: int = 3) -> dict:
+def rss_children(base: str, size: int, steps: int, threads: int, repeats: int, clips: dict | None = None) -> dict:
+    """RSS figures of `repeats` fresh `rss_child` processes per length (16 and 64 chunks), interleaved so that a
+    slow drift of the machine hits both lengths; `clips[n]`, if given, is the mp4 the child continues."""
     runs = {16: [], 64: []}
-    for _ in range(repeats):  # interleaved, so that a slow drift of the machine hits both lengths
+    for _ in range(repeats):
         for n in runs:
             cmd = [sys.executable, __file__, "--rss-child", str(n), "--base", base, "--size", str(size)]
             cmd += ["--steps", str(steps), "--threads", str(threads)]
+            cmd += ["--clip", str(clips[n])] if clips else []
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
             runs[n].append(json.loads(out.strip().splitlines()[-1]))
+    return runs
+
+
+def bench_ingest_rss(base: str, clips: dict, size: int, steps: int, threads: int, repeats: int = 3) -> dict:
+    """Peak RSS continuing the 64-chunk mp4 over the 16-chunk one, smallest of `repeats` fresh processes each."""
+    runs = rss_children(base, size, steps, threads, repeats, clips)
+    peaks = {n: [r["peak_kib"] / 1024 for r in rs] for n, rs in runs.items()}
+    rss = np.array(runs[64][0]["rss_kib"]) / 1024  # after every ingested chunk (and the one generated)
+    return {
+        "ingest_rss_growth": min(peaks[64]) / min(peaks[16]),
+        "ingest_peak_rss_mib_16_chunks": peaks[16],
+        "ingest_peak_rss_mib_64_chunks": peaks[64],
+        "ingest_rss_growth_within_run": float(rss[48:64].max() / rss[:16].max()),
+    }
+
+
+def bench_peak_rss(base: str, size: int, steps: int, threads: int, repeats: int = 3) -> dict:
+    runs = rss_children(base, size, steps, threads, repeats)
     peaks = {n: [r["peak_kib"] / 1024 for r in rs] for n, rs in runs.items()}
     rss = np.array(runs[64][0]["rss_kib"]) / 1024
     return {
@@ -432,11 +522,15 @@ def main(argv=None) -> None:
         default=REPO / "docs" / "pipeline_step_time.png",
         help="where the step-time-by-length figure goes",
     )
+    parser.add_argument(
+        "--ingest-size", type=int, default=256, help="video height and width of the clip-ingest figures (default 256)"
+    )
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
+    parser.add_argument("--clip", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
-        return rss_child(args.base, args.rss_child, args.size, args.steps, args.threads)
+        return rss_child(args.base, args.rss_child, args.size, args.steps, args.threads, args.clip)
 
     from lact_video.tiny import build_tiny_wan
 
@@ -474,12 +568,19 @@ def main(argv=None) -> None:
             results.update(bench_text_context(small, args.size))
         if "call_cost" in sections:
             results.update(bench_call_cost(small, args.size, args.speedup_steps, args.speedup_latent_frames))
+        if "ingest" in sections:
+            clips = {n: write_clip(pathlib.Path(tmp) / f"clip_{n}.mp4", n, args.ingest_size) for n in (2, 16, 64)}
+            results["ingest_size"] = args.ingest_size
+            results.update(bench_ingest_time(tiny, clips[64], clips[2], args.ingest_size, args.steps))
+            results.update(bench_ingest_rss(tiny, clips, args.ingest_size, args.steps, args.threads))
     if args.plot and ("step_s_wan" in results or "step_s_wan_compiled" in results):
         plot_step_time(results, args.plot)
 
     targets = {
         "chunk_time_growth": ("<=", 1.10),
         "peak_rss_growth": ("<=", 1.10),
+        "ingest_time_growth": ("<=", 1.10),
+        "ingest_rss_growth": ("<=", 1.10),
         "speedup_vs_wanpipeline": (">=", 1.5),
         "speedup_vs_wanpipeline_compiled": (">=", 1.5),
     }

@@ -3,7 +3,7 @@
 from .generation_state import LaCTGenerationState, LaCTVideoChunk, StateMismatchError
 from .pipeline_lact_video import LaCTVideoPipeline, LaCTVideoPipelineOutput
 from .state_io import StateFileError
-from .streaming import VideoStreamWriter, VideoWriteError, WanStreamingDecoder, WrittenVideo
+from .streaming import VideoStreamWriter, VideoWriteError, WanStreamingDecoder, WanStreamingEncoder, WrittenVideo
 
 __all__ = [
     "LaCTGenerationState",
@@ -15,5 +15,6 @@ __all__ = [
     "VideoStreamWriter",
     "VideoWriteError",
     "WanStreamingDecoder",
+    "WanStreamingEncoder",
     "WrittenVideo",
 ]

@@ -57,6 +57,7 @@ from .streaming import (
     container_codec,
     video_paths,
 )
+from .video_input import VideoChunks, open_video
 
 logger = logging.get_logger(__name__)
 
@@ -133,6 +134,9 @@ class _GenerationSettings:
     fps: int
     state: LaCTGenerationState | None
     return_state: bool
+    video: Any
+    video_latents: torch.Tensor | None
+    return_input_video: bool
 
     @classmethod
     def from_arguments(cls, arguments: Mapping[str, Any]) -> _GenerationSettings:
@@ -452,10 +456,11 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             num_frames = max(num_frames // step, 1) * step
             if num_frames != requested:
                 logger.warning(
-                    f"num_frames={requested} counts the frames after the state's chunks, {step} per chunk "
-                    f"(chunk_frames={k}): generating num_frames={num_frames} ({num_frames // step} chunks) instead."
+                    f"num_frames={requested} counts the new frames only, after the {first_chunk} chunk(s) before this "
+                    f"call (a state's or a clip's), {step} per chunk (chunk_frames={k}): generating num_frames={num_frames} "
+                    f"({num_frames // step} chunks) instead."
                 )
-            return self._check_rotary_table(num_frames, first_chunk * k + num_frames // t)
+            return self._check_rotary_table(num_frames, first_chunk * k + num_frames // t, first_chunk)
         rounded = round_num_frames(num_frames, k, t)
         num_frames, num_latent_frames = rounded.num_frames, rounded.latent_frames
         if rounded.to_4n_plus_1:
@@ -469,16 +474,24 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             )
         return self._check_rotary_table(num_frames, num_latent_frames)
 
-    def _check_rotary_table(self, num_frames: int, num_latent_frames: int) -> int:
-        """Refuse a video whose last chunk ends at latent frame `num_latent_frames` (absolute) past the rotary
-        table; returns `num_frames`."""
+    def _check_rotary_table(self, num_frames: int, num_latent_frames: int, first_chunk: int = 0) -> int:
+        """Refuse a video whose last chunk ends at latent frame `num_latent_frames` (absolute; this call's frames
+        start at chunk `first_chunk`) past the rotary table; returns `num_frames`. Only absolute positions can
+        pass the table: a bounded `position_policy` (with `trained_chunks`) stops them below it."""
         t, k = self.vae_scale_factor_temporal, self.transformer.config.chunk_frames
         limit = self.transformer.config.rope_max_seq_len
         if self.transformer.rotary_latent_frames(num_latent_frames) > limit:  # a bounded position_policy stops early
             longest = video_num_frames(limit // k * k, t)
+            earlier = (
+                f": the {first_chunk} chunks before this call, a state's or a clip's, included" if first_chunk else ""
+            )
+            config = self.transformer.config
+            policy = f"position_policy={str(getattr(config.position_policy, 'value', config.position_policy))!r}"
+            if config.trained_chunks is None:
+                policy += " (trained_chunks unknown, so absolute positions)"
             raise ValueError(
                 f"num_frames={num_frames} needs {num_latent_frames} latent frames (the video's, counted from its "
-                f"start), past the transformer's rotary table (rope_max_seq_len={limit} latent frames: at most "
+                f"start{earlier}), under {policy} past the transformer's rotary table (rope_max_seq_len={limit} latent frames: at most "
                 f"num_frames={longest} in all). The table holds no weights, "
                 "so raise it when loading: `LaCTVideoPipeline.from_wan(path, rope_max_seq_len=..., **lact_config)`, or "
                 "`transformer=LaCTWanTransformer3DModel.from_pretrained(path, subfolder='transformer', "
@@ -557,7 +570,8 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
         Takes the arguments of `__call__`. Yields, per chunk, the batch's new frames in the `output_type` of
         `__call__`'s `frames`: np (B, f, H, W, 3) floats in [0, 1], pt (B, f, 3, H, W), a list of B lists of PIL
-        images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k`;
+        images, or latents (B, C, k, h, w). Chunk 0 has `f = 4k - 3` frames, every later chunk `4k` (continuing a
+        `video`, the new chunks follow the clip's, which come first with `return_input_video` only);
         concatenating them along the frame axis gives `__call__`'s frames. With `output_path`, the frames are
         also appended to video file(s) as they come, and what the files hold is logged when they close. No frames
         accumulate, so memory stays flat however long the video is (but for the latents kept while writing
@@ -618,7 +632,17 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             settings.callback_on_step_end_tensor_inputs,
             settings.output_type,
         )
+        if settings.state is not None and (settings.video is not None or settings.video_latents is not None):
+            raise ValueError(
+                "A clip (`video=` / `video_latents=`) starts a video, and `state=` goes on with one: pass one of them. "
+                "To continue a clip and go on later, pass the clip with `return_state=True`, then `state=` the state "
+                "handed back (docs/design.md, Sec. 3.8)."
+            )
+        clip = self._open_video(settings)
+        # The first chunk this call generates, by absolute index: after a resumed state's chunks, or a clip's.
         first_chunk = settings.state.next_chunk if settings.state is not None else 0
+        if clip is not None:
+            first_chunk = clip.num_chunks
         num_frames = self.check_num_frames(settings.num_frames, continuing=first_chunk > 0, first_chunk=first_chunk)
         num_latent_frames = latent_num_frames(num_frames, self.vae_scale_factor_temporal)
         num_chunks = check_chunking(num_latent_frames, self.transformer.config.chunk_frames)
@@ -641,6 +665,11 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
         num_videos = batch_size * settings.num_videos_per_prompt
         paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
+        if clip is not None and clip.batch_size not in (1, batch_size):
+            raise ValueError(
+                f"The clip to continue has {clip.batch_size} rows for {batch_size} prompts: pass one clip for all, "
+                "or one per prompt."
+            )
         if settings.state is not None:
             settings.state.check_matches(
                 self,
@@ -658,7 +687,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         prompts = ScheduledPrompts(
             schedule,
             negative_schedule if self.do_classifier_free_guidance else None,
-            range(first_chunk, first_chunk + num_chunks),
+            range(0 if clip is not None else first_chunk, first_chunk + num_chunks),  # a clip's chunks too
             lambda value: self._embed_prompt(value, settings, batch_size, device),
             lambda embeds, negative_embeds: _EncodedPrompt(
                 *_same_length(embeds, negative_embeds, device, transformer_dtype)
@@ -701,6 +730,10 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         kept_latents = []
         try:
             writers.extend(VideoStreamWriter(p, settings.height, settings.width, settings.fps) for p in paths)
+            if clip is not None:  # 5b. The clip's chunks first, committed as the video's chunks 0, 1, ...
+                state, handed_state = yield from self._ingest_video(
+                    clip, state, prompts, num_videos, decoder, generator, handed_state, writers, kept_latents, settings
+                )
 
             # 6. Chunk loop; the bar counts every denoising step of the video and names the chunk
             with self.progress_bar(total=self._num_timesteps) as progress_bar:
@@ -741,6 +774,62 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             written = self._close_writers(writers, kept_latents)
             if written_videos is not None:
                 written_videos.extend(written)
+
+    def _open_video(self, settings: _GenerationSettings) -> VideoChunks | None:
+        """The clip to continue (`video` or `video_latents`) cut into chunks, checked before any work
+        (`video_input.open_video`); None without one."""
+        config = self.transformer.config
+        return open_video(
+            settings.video,
+            settings.video_latents,
+            (settings.height, settings.width),
+            settings.fps,
+            chunk_frames=config.chunk_frames,
+            latent_channels=config.in_channels,
+            temporal_factor=self.vae_scale_factor_temporal,
+            spatial_factor=self.vae_scale_factor_spatial,
+        )
+
+    def _ingest_video(
+        self,
+        clip: VideoChunks,
+        state: LaCTState,
+        prompts: ScheduledPrompts[_EncodedPrompt],
+        num_videos: int,
+        decoder: WanStreamingDecoder | None,
+        generator: torch.Generator | list[torch.Generator] | None,
+        handed_state: LaCTGenerationState | None,
+        writers: list[VideoStreamWriter],
+        kept_latents: list[torch.Tensor],
+        settings: _GenerationSettings,
+    ) -> Iterator[LaCTVideoChunk]:
+        """Commit the clip's chunks into `state` one at a time, as clean chunks at t=0, the way generated chunks are
+        committed, each with the prompt scheduled at its absolute chunk index; the state and the state to hand out
+        (`None` without `return_state`) come back as the generator's return value (docs/design.md, Sec. 3.8).
+
+        Each chunk is encoded (the VAE's causal cache carried, `VideoChunks.latents`) and decoded through the
+        video's `decoder`, which primes its causal cache, so that the first generated frames join the clip without
+        a seam. With `return_input_video`, the decoded frames are yielded (and written) like generated chunks.
+        """
+        device = self._execution_device
+        for latents in clip.latents(self.vae):
+            # One clip for all videos, or one per prompt: (rows, C, k, h, w) -> a row per video, as the prompts
+            latents = latents.to(device).repeat_interleave(num_videos // clip.batch_size, dim=0)
+            chunk = state.num_chunks  # the absolute index
+            state, prompt = self._commit_chunk(latents, state, prompts.at(chunk))
+            prompts.update(chunk, prompt)  # its projection carries on to the entry's later chunks
+            frames = None
+            if settings.return_input_video:
+                if writers:
+                    kept_latents.append(latents.cpu())
+                frames = self._decode_chunk(latents, decoder, writers, settings.output_type)
+            elif decoder is not None:
+                decoder.decode(self._denormalize(latents))
+            if handed_state is not None:
+                handed_state = handed_state.after_chunk(state, decoder, generator)
+            if settings.return_input_video:
+                yield LaCTVideoChunk(frames, handed_state)
+        return state, handed_state
 
     def _close_writers(self, writers: list[VideoStreamWriter], kept_latents: list[torch.Tensor]) -> list[WrittenVideo]:
         """Close every file and return what each holds; if any writer failed, save the generated latents
@@ -953,6 +1042,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         fps: int = 16,
         state: LaCTGenerationState | None = None,
         return_state: bool = False,
+        video: Any = None,
+        video_latents: torch.Tensor | None = None,
+        return_input_video: bool = False,
     ) -> LaCTVideoPipelineOutput | tuple:
         r"""
         Generate videos chunk by chunk (see `stream` for the chunk-wise generator).
@@ -1009,7 +1101,29 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 .webm (VP9), checked before the first step (other containers raise `ValueError`). One path for
                 several videos gets `_0`, `_1`, ... suffixes. The chunks' latents are kept meanwhile (1/48 of the
                 frames' size): if ffmpeg fails, a `VideoWriteError` says where they were saved.
-            fps (`int`, defaults to 16): frame rate of the files written to `output_path`.
+            fps (`int`, defaults to 16): frame rate of the files written to `output_path`, and the rate a `video`
+                file is resampled to.
+            video (np, pt, a list of PIL images, or a path, *optional*):
+                A real clip to continue: np (F, H, W, 3) or (B, F, H, W, 3) in [0, 1] or uint8, pt (F, 3, H, W) or
+                (B, F, 3, H, W) in [0, 1] (or [-1, 1]), as diffusers' `VideoProcessor` takes them, or a video file
+                read chunk by chunk (resampled to `fps` by frame time, like the training data). One clip, or one per
+                prompt. Frames of another size are resized to cover `height` x `width` and center-cropped. Its whole
+                chunks (the first `4k - 3` frames, then `4k` each) are encoded one at a time, the VAE's causal cache
+                carried, and committed into the memory as clean chunks; trailing frames that fill no chunk are
+                dropped with a warning, and a clip shorter than one chunk raises `ValueError`. Generation then
+                continues at the next chunk, with the positions that follow: `num_frames` counts the new frames,
+                whole chunks of `4k` (`pipelines/video_input.py`). The clip's chunks count as the video's first
+                chunks: a prompt schedule's frames count from the clip's first frame, and each clip chunk is
+                committed with the prompt in force at it. A clip starts a video, so it cannot go with `state=`
+                (`ValueError`); with `return_state=True` the state handed out holds the clip (docs/design.md,
+                Sec. 3.8).
+            video_latents (`torch.Tensor`, *optional*):
+                The clip as normalised latents (B, C, F, h, w) instead, `F` a multiple of `chunk_frames` (as
+                `output_type="latent"` returns them).
+            return_input_video (`bool`, defaults to `False`):
+                Whether the output (and `stream`, and the files) starts with the clip's frames, as the VAE decodes
+                its latents (the decoder that continues it), before the new frames. Either way the decoder's causal
+                cache is primed with the clip, so the new frames join it without a seam.
             state (`LaCTGenerationState`, *optional*):
                 Go on from a state handed out earlier (`return_state=True`) or loaded with
                 `LaCTGenerationState.load`: generation continues at chunk `state.next_chunk`, with the positions

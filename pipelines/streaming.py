@@ -1,9 +1,9 @@
-"""Streaming output for chunk-by-chunk generation: causal VAE decoding and incremental video writing.
+"""Streaming video for chunk-by-chunk generation: causal VAE encoding and decoding, incremental video writing.
 
-Both objects hold a fixed amount of memory however long the video gets: the decoder keeps the Wan
-VAE's causal cache (the last two frames of every causal conv), the writer pipes each frame straight
+These objects hold a fixed amount of memory however long the video gets: the encoder and the decoder keep
+the Wan VAE's causal cache (the last two frames of every causal conv), the writer pipes each frame straight
 to ffmpeg (imageio-ffmpeg's binary), with a codec that fits the file's container. Together they let
-`LaCTVideoPipeline.stream` produce a video of any length.
+`LaCTVideoPipeline.stream` continue a clip of any length and produce a video of any length.
 """
 
 from __future__ import annotations
@@ -18,7 +18,69 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
-from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
+
+
+def _run_offload_hook(vae: AutoencoderKLWan) -> None:
+    """Offloading hooks run around `vae.encode`/`vae.decode` (`apply_forward_hook`); the streaming coders bypass
+    those, so they run the hook themselves to move the VAE onto the execution device."""
+    hook = getattr(vae, "_hf_hook", None)
+    if hook is not None and hasattr(hook, "pre_forward"):
+        hook.pre_forward(vae)
+
+
+def _num_causal_convs(module: torch.nn.Module) -> int:
+    """Cache slots of a Wan VAE encoder or decoder: one per causal conv, as `vae.clear_cache()` makes them."""
+    return sum(isinstance(m, WanCausalConv3d) for m in module.modules())
+
+
+class WanStreamingEncoder:
+    """Encodes video chunks one after another, as one `AutoencoderKLWan.encode` of their concatenation.
+
+    The Wan VAE encodes the first frame alone, then every group of 4 frames into one latent frame, and carries
+    a causal cache (`feat_cache`) from group to group (`AutoencoderKLWan._encode`), which it clears on every
+    call: the public API cannot continue a clip. This class runs the same per-group loop but owns the cache, so
+    it survives between chunks: the latents of chunk `i` equal the frames of a full encode of chunks `0..i`.
+    The first chunk takes `4n + 1` frames (`4k - 3` for a LaCT chunk of `k` latent frames), every later one
+    `4n` (`4k`).
+
+    The latents are the posterior's mode (its mean), as `lact_video.data.encode.encode_videos` encodes the
+    training clips. VAE tiling is not applied (a group of 4 frames is already small); the pipeline warns when
+    it is enabled.
+    """
+
+    def __init__(self, vae: AutoencoderKLWan):
+        self.vae = vae
+        self.feat_cache: list = [None] * _num_causal_convs(vae.encoder)
+        self.first_frame = True
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, frames, H, W) video in [-1, 1] -> (B, C, f, H/8, W/8) raw (not normalised) latents.
+
+        Raises:
+            ValueError: the frame count does not fit the VAE's groups (`4n + 1` for the first chunk, then `4n`).
+        """
+        t = self.vae.config.scale_factor_temporal
+        num_frames = video.shape[2]
+        lead = 1 if self.first_frame else 0  # the clip's first frame is encoded alone
+        if num_frames == 0 or (num_frames - lead) % t:
+            form = f"{t}n + 1" if self.first_frame else f"{t}n"
+            raise ValueError(
+                f"The VAE encodes the first frame alone, then groups of {t}: this chunk needs {form} frames, got "
+                f"{num_frames}."
+            )
+        _run_offload_hook(self.vae)
+        if self.vae.config.patch_size is not None:
+            video = patchify(video, patch_size=self.vae.config.patch_size)
+        bounds = [0, lead] if lead else [0]
+        bounds += range(lead + t, num_frames + 1, t)
+        out = [
+            self.vae.encoder(video[:, :, start:end], feat_cache=self.feat_cache, feat_idx=[0])
+            for start, end in zip(bounds, bounds[1:])
+        ]
+        self.first_frame = False
+        moments = self.vae.quant_conv(torch.cat(out, dim=2))  # kernel 1 in time: needs no cache
+        return moments[:, : self.vae.config.z_dim]  # the mean: `DiagonalGaussianDistribution.mode()`
 
 
 class WanStreamingDecoder:
@@ -37,8 +99,7 @@ class WanStreamingDecoder:
 
     def __init__(self, vae: AutoencoderKLWan):
         self.vae = vae
-        num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-        self.feat_cache: list = [None] * num_convs  # one slot per causal conv, as `vae.clear_cache()` makes
+        self.feat_cache: list = [None] * _num_causal_convs(vae.decoder)
         self.first_frame = True
 
     def load_cache(self, feat_cache: list) -> None:
@@ -57,11 +118,7 @@ class WanStreamingDecoder:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, f, h, w) denormalised latents -> (B, 3, frames, H, W) video in [-1, 1]."""
-        # Offloading hooks run around `vae.decode` (`apply_forward_hook`); we bypass `decode`, so run
-        # the hook here to move the VAE onto the execution device.
-        hook = getattr(self.vae, "_hf_hook", None)
-        if hook is not None and hasattr(hook, "pre_forward"):
-            hook.pre_forward(self.vae)
+        _run_offload_hook(self.vae)
         x = self.vae.post_quant_conv(latents)  # kernel 1 in time: needs no cache
         frames = []
         for i in range(x.shape[2]):

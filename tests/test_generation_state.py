@@ -268,7 +268,7 @@ def test_continuing_counts_new_frames_in_whole_chunks(pipe, caplog):
     with caplog.at_level("WARNING"):
         out = pipe(**call_kwargs(num_frames=NEW_CHUNK_FRAMES + 3, output_type="latent", state=state))
     assert out.frames.shape[2] == K and out.state is None
-    assert f"num_frames={NEW_CHUNK_FRAMES + 3} counts the frames after the state's chunks" in caplog.text
+    assert f"num_frames={NEW_CHUNK_FRAMES + 3} counts the new frames only, after the 1 chunk(s)" in caplog.text
 
 
 # Refusals
