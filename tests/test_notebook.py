@@ -33,10 +33,13 @@ def test_generate_long_video_notebook(tmp_path, monkeypatch):
     assert "same first frames as the long video: True" in text
     assert "93 frames, the prompt switched at frame 45" in text
     assert "chunks before the switch as in the long video: True" in text
+    # Big Buck Bunny: 5.28 s at 16 fps is 85 frames, whole chunks hold 81 (7 chunks), then 4 new chunks.
+    assert "129 frames: the clip's 81, then 48 new ones" in text
     videos = [o for o in outputs if "<video" in o.get("data", {}).get("text/html", "")]
-    assert len(videos) == 3
+    assert len(videos) == 4
 
     out = tmp_path / "outputs" / "generate_long_video"
     assert imageio_ffmpeg.count_frames_and_secs(str(out / "long_video.mp4"))[0] == 237
     assert imageio_ffmpeg.count_frames_and_secs(str(out / "streamed.mp4"))[0] == 4 * 3 * 6 - 3
     assert imageio_ffmpeg.count_frames_and_secs(str(out / "prompt_switch.mp4"))[0] == 4 * 3 * 8 - 3
+    assert imageio_ffmpeg.count_frames_and_secs(str(out / "continued.mp4"))[0] == 81 + 4 * 3 * 4
