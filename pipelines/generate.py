@@ -16,6 +16,13 @@ TEXT from its video FRAME on, rounded to the nearest chunk start (`--negative_pr
 Pause and go on later (docs/design.md, Sec. 3.6): `--save_state state.safetensors` saves the generation state
 after the last chunk; `--resume_state state.safetensors --num_frames 48 --output more.mp4` makes the next 48
 frames (a multiple of 4 * chunk_frames), exactly those one longer run would have made, into their own file.
+
+Continue a real clip (docs/design.md, Sec. 3.8): `--video clip.mp4` reads the clip at `--fps`, resized and
+center-cropped to `--height` x `--width`, commits its whole chunks to the memory, and generates `--num_frames` new
+frames after it (a multiple of 4 * chunk_frames); `--return_input_video` writes the clip's frames first:
+
+    python scripts/generate.py --model DIR --prompt "the car turns into a tunnel" --video drive.mp4 \\
+        --num_frames 96 --return_input_video --output longer.mp4
 """
 
 import argparse
@@ -177,6 +184,17 @@ def main(argv=None) -> None:
         "counts the new frames (a multiple of 4 * chunk_frames), and --output gets them alone",
     )
     parser.add_argument(
+        "--video",
+        metavar="PATH",
+        help="a video file to continue: its whole chunks are read at --fps and resized to --height x --width, and "
+        "--num_frames counts the new frames after it (a multiple of 4 * chunk_frames)",
+    )
+    parser.add_argument(
+        "--return_input_video",
+        action="store_true",
+        help="with --video, write the clip's frames (as the VAE decodes them) before the new ones",
+    )
+    parser.add_argument(
         "--compile",
         nargs="?",
         const="full",
@@ -191,6 +209,16 @@ def main(argv=None) -> None:
         parser.error("--lact applies to --from_wan only: a LaCT folder carries its own config")
     if args.prompt is None and not args.prompt_at:
         parser.error("the following arguments are required: --prompt")
+    if args.video is not None:
+        if args.resume_state:
+            parser.error(
+                "--video starts a video from a clip and --resume_state goes on with a saved one: give one of them "
+                "(to go on after a clip later, pass --video with --save_state, then --resume_state)"
+            )
+        if not pathlib.Path(args.video).is_file():
+            parser.error(f"--video {args.video}: no such file")
+    elif args.return_input_video:
+        parser.error("--return_input_video writes the clip of --video first: give --video too")
     check_output(args.output, parser)
     if args.save_state:
         check_writable_folder("--save_state", pathlib.Path(args.save_state), parser)
@@ -244,6 +272,8 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         fps=args.fps,
         state=state,
         return_state=bool(args.save_state),
+        video=args.video,
+        return_input_video=args.return_input_video,
     )
     # What the file holds, read back from it (num_frames may have been rounded to whole chunks).
     print(f"Wrote {out.written_videos[0]} in {time.perf_counter() - start:.1f} s")

@@ -129,7 +129,9 @@ def open_video(
     if video is not None and video_latents is not None:
         raise ValueError("Pass the clip to continue either as `video` (frames or a file) or as `video_latents`.")
     if video_latents is not None:
-        return _latent_chunks(video_latents, height, width, chunk_frames, latent_channels, spatial_factor)
+        return _latent_chunks(
+            video_latents, (height, width), chunk_frames, latent_channels, (temporal_factor, spatial_factor)
+        )
     if video is None:
         return None
     bounds = functools.partial(_chunk_frame_bounds, chunk_frames=chunk_frames, temporal_factor=temporal_factor)
@@ -237,9 +239,15 @@ def _cover_and_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tens
 
 
 def _latent_chunks(
-    latents: torch.Tensor, height: int, width: int, chunk_frames: int, latent_channels: int, spatial_factor: int
+    latents: torch.Tensor,
+    video_size: tuple[int, int],
+    chunk_frames: int,
+    latent_channels: int,
+    factors: tuple[int, int],
 ) -> VideoChunks:
-    """Precomputed normalised latents (B, C, F, h, w) as chunks of `chunk_frames` latent frames."""
+    """Precomputed normalised latents (B, C, F, h, w) as chunks of `chunk_frames` latent frames; `video_size` is the
+    (height, width) they encode, `factors` the VAE's (temporal, spatial) compression."""
+    (height, width), (temporal_factor, spatial_factor) = video_size, factors
     size = latent_size(height, width, spatial_factor)
     if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
         raise ValueError(
@@ -261,4 +269,4 @@ def _latent_chunks(
     def chunks() -> Iterator[torch.Tensor]:
         yield from (chunk.float() for chunk in latents.split(chunk_frames, dim=2))
 
-    return VideoChunks(num_chunks, b, video_num_frames(f), chunks, encoded=True)
+    return VideoChunks(num_chunks, b, video_num_frames(f, temporal_factor), chunks, encoded=True)

@@ -6,6 +6,9 @@
     python scripts/generate.py --model DIR --prompt "a cat walks on the grass" \\
         --prompt_at 97 "the cat jumps onto a wall" --num_frames 189 --output cat.mp4    # switch prompts
 
+    python scripts/generate.py --model DIR --prompt "the car turns into a tunnel" --video drive.mp4 \\
+        --num_frames 96 --output longer.mp4                                              # continue a clip
+
     python scripts/generate.py --help    # every option
 """
 

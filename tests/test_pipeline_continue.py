@@ -326,3 +326,29 @@ def test_a_clip_with_a_state_is_refused(pipe):
     state = pipe(**call_kwargs(num_frames=frames_for(1), output_type="latent", return_state=True)).state
     with pytest.raises(ValueError, match="pass one of them. To continue a clip and go on later"):
         pipe(**continue_kwargs(video=clip_frames(), state=state, output_type="latent"))
+
+
+def test_generate_script_continues_a_clip_file(tiny_wan_dir, clip_file, tmp_path, capsys):
+    """`--video` reaches the pipeline: the file holds the new frames, or the clip's and the new ones with
+    `--return_input_video`; contradicting flags are refused before any model loads."""
+    from pipelines import generate as generate_module
+
+    clip, _ = clip_file
+    args = ["--model", str(tiny_wan_dir), "--from_wan", "--lact", "fw_head_dim=12", "--lact", f"chunk_frames={K}",
+            "--prompt", PROMPT, "--video", str(clip), "--num_frames", str(NEW_FRAMES), "--height", str(SIZE),
+            "--width", str(SIZE), "--steps", "1", "--max_sequence_length", "8"]  # fmt: skip
+    for flags, frames in {(): NEW_FRAMES, ("--return_input_video",): frames_for(CLIP_CHUNKS) + NEW_FRAMES}.items():
+        output = tmp_path / f"out{len(flags)}.mp4"
+        generate_module.main([*args, *flags, "--output", str(output)])
+        assert len(probe_video(output).frame_times) == frames
+    bad = [
+        (["--resume_state", str(tmp_path / "s.safetensors")], "--video starts a video from a clip"),
+        (["--video", str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
+    ]
+    for extra, message in bad:
+        with pytest.raises(SystemExit) as exit_info:
+            generate_module.main([*args, *extra, "--output", str(tmp_path / "bad.mp4")])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        generate_module.main(["--model", "m", "--prompt", PROMPT, "--return_input_video"])
+    assert "give --video too" in capsys.readouterr().err
