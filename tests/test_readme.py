@@ -23,14 +23,16 @@ def generate_commands() -> list[list[str]]:
 
 def test_readme_examples_run(tmp_path, monkeypatch):
     """The Python blocks in order, in one namespace; then the generation commands (the "Long videos" ones use the
-    folder a Python example saved), each of which must write a video of its --num_frames frames."""
+    folder a Python example saved), each of which must write a video of its --num_frames frames (after the clip, with
+    --return_input_video)."""
     import imageio_ffmpeg
 
     from pipelines import generate
 
     blocks, commands = python_blocks(), generate_commands()
     assert blocks, "README has no python examples"
-    assert any("--resume_state" in words for words in commands), "README has no command that resumes a video"
+    for flag in ("--prompt_at", "--save_state", "--resume_state", "--video"):
+        assert any(flag in words for words in commands), f"README has no generate.py command with {flag}"
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
@@ -39,6 +41,8 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         generate.main(words)
         written = str(tmp_path / words[words.index("--output") + 1])
         expected = int(words[words.index("--num_frames") + 1])
+        if "--return_input_video" in words:  # the clip first: the README's fills whole chunks, so all of it
+            expected += imageio_ffmpeg.count_frames_and_secs(str(tmp_path / words[words.index("--video") + 1]))[0]
         assert imageio_ffmpeg.count_frames_and_secs(written)[0] == expected, shlex.join(words)
 
 
