@@ -42,11 +42,11 @@ def fast_weight_drift(
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1; got {num_clips}.")
     k = model.config.chunk_frames
+    initial = [FastWeights(memory.w0, memory.w1, memory.w2) for memory in memories]  # (Hf, ...) each
     total = None
     for index in range(num_clips):
         latents, prompt_embeds = clip_at(index)
         text_context = model.encode_text(prompt_embeds)
-        initial = [memory._initial_weights(latents.shape[0]) for memory in memories]
         state, rows = model.init_state(), []
         for chunk in latents.split(k, dim=2):  # (1, C, k, H, W) each
             timestep = torch.zeros(latents.shape[0], device=latents.device)
@@ -59,7 +59,10 @@ def fast_weight_drift(
 
 
 def _relative_distance(weights: FastWeights, initial: FastWeights) -> torch.Tensor:
-    """(3,) mean over the leading (sample, head) dim of `||W - W_init||_F / ||W_init||_F`, per matrix."""
-    return torch.stack(
-        [((w - w0).norm(dim=(1, 2)) / w0.norm(dim=(1, 2))).float().mean() for w, w0 in zip(weights, initial)]
-    )
+    """(3,) per matrix, `||W - W_init||_F / ||W_init||_F` averaged over samples and heads: `weights` (B*Hf, ...),
+    `initial` the layer's learnable initial state (Hf, ...)."""
+    distances = []
+    for w, w0 in zip(weights, initial):
+        w = w.unflatten(0, (-1, w0.shape[0]))  # (B, Hf, rows, cols)
+        distances.append(((w - w0).norm(dim=(-2, -1)) / w0.norm(dim=(-2, -1))).float().mean())
+    return torch.stack(distances)
