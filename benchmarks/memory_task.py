@@ -18,7 +18,10 @@ transformer's memory, and a random tiny VAE would only blur what the key is.
 
 Figures, per policy: `lact_beyond_over_within`, LaCT's mean loss on chunks 6..23 over its mean on chunks 2..5
 (target <= 1.10 for the default policy), `lact_vs_swa_beyond`, LaCT over SWA on chunks 6..23 (target <= 0.90),
-the same two for `full_causal`, and `lact_vs_swa_late_chunks` (chunks 2..5, target below 0.9).
+the same two for `full_causal`, and `lact_vs_swa_late_chunks` (chunks 2..5, target below 0.9). And the state's
+drift (`lact_video.evaluation.state_drift`): `lact_fast_weight_drift`, per chunk, the fast weights' relative
+distance from their initial state, and `lact_drift_last_over_trained`, that distance in the last state the 24-chunk
+clips read over the last state a training clip reads (docs/design.md Sec. 1.7: what grows past the training length).
 """
 
 import argparse
@@ -36,6 +39,7 @@ from diffusers import WanTransformer3DModel
 
 from lact_video import LaCTWanTransformer3DModel
 from lact_video.data.latent_cache import LatentCacheWriter
+from lact_video.evaluation import fast_weight_drift
 from lact_video.evaluation.per_chunk_loss import PerChunkLoss, per_chunk_loss
 from lact_video.evaluation.report import write_report
 from lact_video.models.lact_config import PositionPolicy, Variant
@@ -103,16 +107,21 @@ def run(script: str, *args: str, threads: int) -> None:
     subprocess.run([sys.executable, str(ROOT / "finetune" / script), *args], check=True, cwd=ROOT, env=env)
 
 
-def evaluate(folder: pathlib.Path, policy: str, clips: torch.Tensor) -> tuple[PerChunkLoss, int]:
-    """The teacher-forcing loss per chunk of a trained model (its exported `transformer/`) under `policy`, on
-    `clips`, with the per-clip noise of `per_chunk_loss` (identical for every model and policy); and the model's
-    training length in chunks (recorded by the trainer; NUM_CHUNKS for folders trained before it was)."""
+def load(folder: pathlib.Path, policy: str) -> tuple[LaCTWanTransformer3DModel, int]:
+    """A trained model (its exported `transformer/`) under `policy`, and its training length in chunks (recorded
+    by the trainer; NUM_CHUNKS for folders trained before it was)."""
     transformer = folder / "transformer"
     trained = json.loads((transformer / "config.json").read_text()).get("trained_chunks") or NUM_CHUNKS
     model = LaCTWanTransformer3DModel.from_pretrained(transformer, position_policy=policy, trained_chunks=trained)
+    return model.eval(), trained
+
+
+def evaluate(folder: pathlib.Path, policy: str, clips: torch.Tensor) -> tuple[PerChunkLoss, int]:
+    """The teacher-forcing loss per chunk of a trained model under `policy`, on `clips`, with the per-clip noise
+    of `per_chunk_loss` (identical for every model and policy); and the model's training length in chunks."""
+    model, trained = load(folder, policy)
     prompt = torch.zeros(1, GEOMETRY["max_sequence_length"], 32)
-    result = per_chunk_loss(model.eval(), lambda i: (clips[i : i + 1], prompt), len(clips))
-    return result, trained
+    return per_chunk_loss(model, lambda i: (clips[i : i + 1], prompt), len(clips)), trained
 
 
 def ratio(a: np.ndarray, b: np.ndarray, chunks: slice, b_chunks: slice | None = None) -> float:
@@ -183,6 +192,15 @@ def main():
         "lact_vs_swa_late_chunks": ratio(default[0], swa, within),
         "lact_vs_full_late_chunks": ratio(default[0], default[1], within),
         "default_policy": DEFAULT_POLICY,
+    }
+    # How far the fast weights move from their initial state: the last state a training clip reads (after chunk
+    # NUM_CHUNKS - 2) against the last one the evaluated clips read (after chunk EVAL_CHUNKS - 2).
+    model, _ = load(out / "lact", DEFAULT_POLICY)
+    prompt = torch.zeros(1, GEOMETRY["max_sequence_length"], 32)
+    drift = fast_weight_drift(model, lambda i: (clips[i : i + 1], prompt), min(8, len(clips))).mean(axis=1)
+    figures |= {
+        "lact_fast_weight_drift": [round(float(x), 4) for x in drift],
+        "lact_drift_last_over_trained": float(drift[EVAL_CHUNKS - 2] / drift[NUM_CHUNKS - 2]),
     }
     if "lact_offset" in trained:
         results["lact_offset", "absolute"], offset_trained = evaluate(out / "lact_offset", "absolute", clips)
