@@ -16,6 +16,8 @@ TEXT from its video FRAME on, rounded to the nearest chunk start (`--negative_pr
 Pause and go on later (docs/design.md, Sec. 3.6): `--save_state state.safetensors` saves the generation state
 after the last chunk; `--resume_state state.safetensors --num_frames 48 --output more.mp4` makes the next 48
 frames (a multiple of 4 * chunk_frames), exactly those one longer run would have made, into their own file.
+`--position_policy` and `--trained_chunks` set where extrapolation past the training length begins and how
+(docs/design.md, Sec. 1.7), overriding the model's config.
 
 Continue a real clip (docs/design.md, Sec. 3.8): `--video clip.mp4` reads the clip at `--fps`, resized and
 center-cropped to `--height` x `--width`, commits its whole chunks to the memory, and generates `--num_frames` new
@@ -35,7 +37,8 @@ import yaml
 
 import lact_video
 from lact_video.errors import ConfigError, exit_on_config_error
-from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS
+from lact_video.models import LaCTWanTransformer3DModel
+from lact_video.models.lact_config import DEPRECATED_LACT_KEYS, LACT_CONFIG_KEYS, PositionPolicy
 
 from .generation_state import LaCTGenerationState, StateMismatchError
 from .pipeline_lact_video import LaCTVideoPipeline
@@ -107,13 +110,32 @@ def check_output(output: str, parser: argparse.ArgumentParser) -> None:
 
 
 def check_writable_folder(flag: str, path: pathlib.Path, parser: argparse.ArgumentParser) -> None:
-    """Refuse a file `path` whose folder cannot be created, or where no file can be made (probed with a temporary
-    file, removed at once). The folder is created as the writer would create it."""
+    """Refuse a file `path` that is a folder, whose folder cannot be created, or where no file can be made (probed
+    with a temporary file, removed at once). The folder is created as the writer would create it."""
+    if path.is_dir():
+        parser.error(f"{flag} {path} is a folder: give a file name, e.g. {path / 'state.safetensors'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
     except OSError as error:
         parser.error(f"{flag} {path}: cannot write in {path.parent} ({error.strerror}); choose another folder")
+
+
+def check_distinct_files(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Refuse one file named by two of --output, --save_state, --video and --resume_state (symlinks and relative
+    paths resolved): writing one would destroy the other, a clip before it is read or a video once generated."""
+    named = {}
+    for flag in ("--video", "--resume_state", "--output", "--save_state"):
+        path = getattr(args, flag.removeprefix("--"))
+        if path is None:
+            continue
+        resolved = pathlib.Path(path).resolve()
+        if resolved in named:
+            parser.error(
+                f"{named[resolved]} and {flag} name the same file {path}: writing {flag} would destroy it; "
+                f"give {flag} another path"
+            )
+        named[resolved] = flag
 
 
 def load_resume_state(path: str) -> LaCTGenerationState:
@@ -195,6 +217,17 @@ def main(argv=None) -> None:
         help="with --video, write the clip's frames (as the VAE decodes them) before the new ones",
     )
     parser.add_argument(
+        "--position_policy",
+        choices=[policy.value for policy in PositionPolicy],
+        help="rotary positions of the chunks past the training length (the model's config otherwise; see the "
+        "README's 'Long videos')",
+    )
+    parser.add_argument(
+        "--trained_chunks",
+        type=int,
+        help="chunk positions the model was trained on, where --position_policy begins (the model's config otherwise)",
+    )
+    parser.add_argument(
         "--compile",
         nargs="?",
         const="full",
@@ -219,6 +252,9 @@ def main(argv=None) -> None:
             parser.error(f"--video {args.video}: no such file")
     elif args.return_input_video:
         parser.error("--return_input_video writes the clip of --video first: give --video too")
+    if args.trained_chunks is not None and args.trained_chunks < 1:
+        parser.error(f"--trained_chunks {args.trained_chunks}: give the number of chunks, at least 1")
+    check_distinct_files(args, parser)
     check_output(args.output, parser)
     if args.save_state:
         check_writable_folder("--save_state", pathlib.Path(args.save_state), parser)
@@ -238,11 +274,7 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     state = load_resume_state(args.resume_state) if args.resume_state else None
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if args.from_wan:
-        pipe = LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **parse_lact_options(args.lact, parser))
-    else:
-        pipe = LaCTVideoPipeline.from_pretrained(args.model, dtype=dtype)  # diffusers >= 0.42 deprecates torch_dtype
+    pipe = load_pipeline(args, parser, torch.bfloat16 if device == "cuda" else torch.float32)
     pipe.to(device)
     if args.compile == "full":
         pipe.transformer.compile(fullgraph=True)
@@ -280,6 +312,33 @@ def generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     if args.save_state:
         out.state.save(args.save_state)
         print(f"Saved the state after chunk {out.state.next_chunk} to {args.save_state}: go on with --resume_state")
+
+
+def load_pipeline(args: argparse.Namespace, parser: argparse.ArgumentParser, dtype: torch.dtype) -> LaCTVideoPipeline:
+    """The pipeline of --model, with --lact (for --from_wan), --position_policy and --trained_chunks applied.
+
+    Raises:
+        ConfigError: a LaCT config value the model refuses (the message names it).
+    """
+    positions = {
+        key: value
+        for key, value in (("position_policy", args.position_policy), ("trained_chunks", args.trained_chunks))
+        if value is not None
+    }
+    try:
+        if args.from_wan:
+            lact = {**parse_lact_options(args.lact, parser), **positions}
+            return LaCTVideoPipeline.from_wan(args.model, torch_dtype=dtype, **lact)
+        components = {}
+        if positions:  # config overrides of a saved LaCT transformer
+            components["transformer"] = LaCTWanTransformer3DModel.from_pretrained(
+                args.model, subfolder="transformer", dtype=dtype, **positions
+            )
+        return LaCTVideoPipeline.from_pretrained(args.model, dtype=dtype, **components)
+    except ValueError as error:  # the model's own checks of a config value, or of the folder
+        flags = [flag for flag, given in (("--lact", args.lact), ("--position_policy", args.position_policy),
+                                          ("--trained_chunks", args.trained_chunks)) if given]  # fmt: skip
+        raise ConfigError(f"--model {args.model}{' with ' + ', '.join(flags) if flags else ''}: {error}") from error
 
 
 def cli() -> None:

@@ -82,11 +82,6 @@ def schedule_entries(prompt: PromptArgument | None, name: str, negative: bool = 
         if not (negative and isinstance(text, str)):
             sizes[frame] = size
     frames = [frame for frame, _ in entries]
-    if frames[0] != 0:
-        raise ConfigError(
-            f"`{name}` schedule starts at frame {frames[0]}: it must start at frame 0 (the first entry is the text "
-            "of the video's beginning)."
-        )
     for before, after in zip(frames, frames[1:]):
         if after == before:
             raise ConfigError(f"`{name}` schedule: frame {after} has two entries; keep one text per frame.")
@@ -95,6 +90,11 @@ def schedule_entries(prompt: PromptArgument | None, name: str, negative: bool = 
                 f"`{name}` schedule is out of order: frame {after} comes after frame {before}. List the entries by "
                 f"increasing frame: {sorted(frames)}."
             )
+    if frames[0] != 0:
+        raise ConfigError(
+            f"`{name}` schedule starts at frame {frames[0]}: it must start at frame 0 (the first entry is the text "
+            "of the video's beginning)."
+        )
     if len(set(sizes.values())) > 1:
         raise ConfigError(
             f"`{name}` schedule: every entry must hold as many texts (a batch of schedules with the same frames), got "

@@ -341,14 +341,21 @@ def test_generate_script_continues_a_clip_file(tiny_wan_dir, clip_file, tmp_path
         output = tmp_path / f"out{len(flags)}.mp4"
         generate_module.main([*args, *flags, "--output", str(output)])
         assert len(probe_video(output).frame_times) == frames
+    link = tmp_path / "link.mp4"
+    link.symlink_to(clip)
     bad = [
         (["--resume_state", str(tmp_path / "s.safetensors")], "--video starts a video from a clip"),
         (["--video", str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
+        (["--output", str(link)], "--video and --output name the same file"),  # would empty the clip
+        (["--save_state", str(tmp_path / "out0.mp4")], "--output and --save_state name the same file"),
+        (["--save_state", str(tmp_path)], "is a folder: give a file name"),
     ]
+    before = clip.read_bytes()
     for extra, message in bad:
         with pytest.raises(SystemExit) as exit_info:
-            generate_module.main([*args, *extra, "--output", str(tmp_path / "bad.mp4")])
+            generate_module.main([*args, "--output", str(tmp_path / "out0.mp4"), *extra])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert clip.read_bytes() == before
     with pytest.raises(SystemExit):
         generate_module.main(["--model", "m", "--prompt", PROMPT, "--return_input_video"])
     assert "give --video too" in capsys.readouterr().err

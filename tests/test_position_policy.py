@@ -101,6 +101,40 @@ def test_pipeline_frame_check_follows_the_policy(tiny_wan_dir):
     assert bounded.check_num_frames(4 * 20 - 3) == 4 * 20 - 3
 
 
+def test_generate_script_sets_the_policy_of_a_saved_folder(tiny_wan_dir, tmp_path, monkeypatch, capsys):
+    """`--position_policy` / `--trained_chunks` override a LaCT folder's config (and a Wan base's with --from_wan);
+    a value the model refuses is one line on stderr with exit status 2."""
+    from pipelines import generate as generate_module
+    from pipelines.pipeline_lact_video import LaCTVideoPipeline
+
+    folder = tmp_path / "lact"
+    LaCTVideoPipeline.from_wan(tiny_wan_dir, chunk_frames=K, fw_head_dim=12).save_pretrained(folder)
+    loaded = []
+    load = generate_module.load_pipeline
+    monkeypatch.setattr(generate_module, "load_pipeline", lambda *a: loaded.append(load(*a)) or loaded[-1])
+    run = ["--prompt", "a cat", "--num_frames", "5", "--height", "16", "--width", "16", "--steps", "1",
+           "--max_sequence_length", "8", "--output", str(tmp_path / "v.mp4")]  # fmt: skip
+    generate_module.main(["--model", str(folder), *run])
+    generate_module.main(["--model", str(folder), "--position_policy", "cyclic", "--trained_chunks", "3", *run])
+    base = ["--model", str(tiny_wan_dir), "--from_wan", "--lact", f"chunk_frames={K}", "--lact", "fw_head_dim=12"]
+    generate_module.main([*base, "--position_policy", "absolute", "--trained_chunks", "4", *run])
+    configs = [(pipe.transformer.config.position_policy, pipe.transformer.config.trained_chunks) for pipe in loaded]
+    assert configs == [("clamp", None), ("cyclic", 3), ("absolute", 4)]
+
+    for argv, message in [
+        (
+            [*base, "--lact", "position_policy=Cyclic"],
+            "with --lact: position_policy must be one of ('absolute', 'clamp', 'cyclic'); got 'Cyclic'",
+        ),
+        (["--model", str(tiny_wan_dir), "--from_wan"], f"--model {tiny_wan_dir}: "),  # the base's dim, not 768's
+        (["--model", str(folder), "--trained_chunks", "0"], "--trained_chunks 0: give the number of chunks"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            generate_module.main([*argv, *run])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
 def test_a_folder_records_its_policy_and_an_older_one_loads_absolute(wan, tmp_path):  # noqa: F811
     fresh = lact_model(wan).config  # the default policy, inactive until the trainer records trained_chunks
     assert (fresh.position_policy, fresh.trained_chunks, fresh.rope_max_seq_len) == ("clamp", None, 256)

@@ -121,6 +121,7 @@ def test_a_callback_replacement_applies_to_the_current_entry(pipe):
 
 BAD_SCHEDULES = [
     pytest.param({0: PROMPT, start(2): OTHER, start(1): "x"}, f"out of order: frame {start(1)} comes", id="order"),
+    pytest.param({start(1): OTHER, 0: PROMPT}, f"out of order: frame 0 comes after frame {start(1)}", id="order-0"),
     pytest.param([(0, PROMPT), (0, OTHER)], "frame 0 has two entries", id="frame-twice"),
     pytest.param({start(1): PROMPT}, f"starts at frame {start(1)}: it must start at frame 0", id="no-frame-0"),
     pytest.param({0: PROMPT, 3: OTHER}, "frames 0 and 3 both round to chunk 0", id="same-chunk"),
