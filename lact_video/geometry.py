@@ -140,6 +140,11 @@ def check_chunking(num_latent_frames: int, chunk_frames: int) -> int:
     return num_latent_frames // chunk_frames
 
 
+def chunk_count(num_chunks: int) -> str:
+    """A number of chunks as messages write it: "1 chunk", "2 chunks"."""
+    return f"{num_chunks} chunk" if num_chunks == 1 else f"{num_chunks} chunks"
+
+
 def first_frame_of_chunk(chunk: int, chunk_frames: int, temporal_factor: int = VAE_TEMPORAL_FACTOR) -> int:
     """The first video frame of chunk `chunk` (absolute index, counted from the video's first frame).
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from diffusers.utils.torch_utils import get_module_execution_device
 
+from lact_video.geometry import chunk_count
 from lact_video.ops.fast_weight import FastWeights
 from lact_video.state import LaCTState, LayerState
 
@@ -96,7 +97,7 @@ class LaCTVideoChunk(NamedTuple):
     state: LaCTGenerationState | None
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class LaCTGenerationState:
     """Everything a generation needs to go on after its last finished chunk; immutable, held by the caller.
 
@@ -113,6 +114,9 @@ class LaCTGenerationState:
         model_configs: the public configs of the transformer and the VAE (plus their dtypes) it was made with.
 
     Raises (`check_matches`, `load`): `StateMismatchError` naming each difference.
+
+    Its `repr` is a one-line summary (the tensors run to hundreds of MB): the next chunk, the size, the rows, the
+    blocks, the tensors' dtypes, devices and sizes.
     """
 
     lact_state: LaCTState
@@ -128,6 +132,22 @@ class LaCTGenerationState:
     def next_chunk(self) -> int:
         """The absolute index of the next chunk (contract rule 1): the chunks generated so far."""
         return self.lact_state.num_chunks
+
+    def __repr__(self) -> str:
+        lact = _tensors(self.lact_state.layers)
+        cache = _tensors(self.decoder_cache or ())
+        everything = lact + cache
+        rows = self.num_videos * (2 if self.guidance else 1)
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in everything})
+        devices = sorted({str(t.device) for t in everything})
+        generator = "none" if self.generator is None else "saved"
+        cache_text = "not decoded" if self.decoder_cache is None else f"{_megabytes(cache)}"
+        return (
+            f"LaCTGenerationState(next_chunk={self.next_chunk}, {self.height}x{self.width}, videos={self.num_videos}, "
+            f"guidance={self.guidance} ({rows} rows), blocks={len(self.lact_state.layers)}, "
+            f"dtype={'/'.join(dtypes) or '-'}, device={'/'.join(devices) or '-'}, LaCT state {_megabytes(lact)}, "
+            f"VAE cache {cache_text}, generator {generator})"
+        )
 
     @classmethod
     def begin(
@@ -193,9 +213,9 @@ class LaCTGenerationState:
             )
         if decoding and self.decoder_cache is None and self.next_chunk > 0:
             raise StateMismatchError(
-                f"The generation state's {self.next_chunk} chunks were not decoded (output_type='latent'), so it has "
-                "no VAE cache to decode the next chunks from: go on with output_type='latent' and decode the whole "
-                "video's latents at the end with `pipe.decode_latents`."
+                f"The generation state comes from a generation without decoding (output_type='latent', "
+                f"{chunk_count(self.next_chunk)}), so it has no VAE cache to decode the next chunks from: go on with "
+                "output_type='latent' and decode the whole video's latents at the end with `pipe.decode_latents`."
             )
 
     def resume(
@@ -216,7 +236,8 @@ class LaCTGenerationState:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the state to `path`, a safetensors file (tensors, layout and a JSON header; no pickle;
-        docs/design.md Sec. 3.5), atomically: a failed save leaves an earlier file at `path` as it was.
+        docs/design.md Sec. 3.5), atomically: a failed save leaves an earlier file at `path` as it was. A missing
+        folder is created; a name without `.safetensors` warns (`pipelines.state_io.save_state`).
 
         Raises:
             OSError: the file cannot be written.
@@ -296,6 +317,21 @@ def config_differences(saved: Mapping[str, Mapping], current: Mapping[str, Mappi
                     f"{component}.{key}: state {old.get(key, '(absent)')!r}, this model {new.get(key, '(absent)')!r}"
                 )
     return differences
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """Every tensor in `value`: a tensor, or (nested) dataclasses, named tuples, tuples and lists of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, LayerState):
+        value = [getattr(value, f) for f in LayerState.__dataclass_fields__]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def _megabytes(tensors: list[torch.Tensor]) -> str:
+    return f"{sum(t.numel() * t.element_size() for t in tensors) / 1e6:.1f} MB"
 
 
 def _to(value, device: torch.device):

@@ -18,7 +18,7 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from lact_video.geometry import (
     check_chunking,
+    chunk_count,
     denormalize_latents,
     latent_num_frames,
     latent_size,
@@ -55,6 +56,7 @@ from .streaming import (
     WanStreamingDecoder,
     WrittenVideo,
     container_codec,
+    partial_video_path,
     video_paths,
 )
 from .video_input import VideoChunks, open_video
@@ -73,6 +75,10 @@ DIFFUSERS_LOADING_KWARGS = (
     *("quantization_config", "sess_options", "torch_dtype", "trust_remote_code", "use_flashpack", "use_onnx"),
     *("use_safetensors", "variant"),
 )
+
+# `callback_on_step_end` as diffusers pipelines call it: `callback(pipe, step, timestep, callback_kwargs)`, returning
+# the tensors it replaces (`{}` for none).
+StepEndCallback = Callable[["LaCTVideoPipeline", int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -127,7 +133,7 @@ class _GenerationSettings:
     prompt_embeds: torch.Tensor | None
     negative_prompt_embeds: torch.Tensor | None
     output_type: str | None
-    callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None
+    callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None
     callback_on_step_end_tensor_inputs: list[str]
     max_sequence_length: int
     output_path: str | os.PathLike | list | None
@@ -158,6 +164,58 @@ class _EncodedPrompt:
     embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
     text_context: TextContext | None = None
+
+
+@dataclass
+class _KeptLatents:
+    """The latents of the chunks written to video files, (B, C, k, h, w) each on the CPU (1/48 of the frames'
+    size), and the VAE decoder's causal cache before the first of them: what `decode_latents` needs to give their
+    frames again if a writer fails. The cache is `None` when the files start the video (a fresh decoder); after a
+    resumed state's chunks or a clip's it is theirs, without which the first frames would decode as a video's first.
+    """
+
+    chunks: list[torch.Tensor] = field(default_factory=list)
+    decoder_cache: tuple | None = None
+
+    def add(self, latents: torch.Tensor, decoder: WanStreamingDecoder) -> None:
+        """Keep a chunk's latents before `decoder` decodes them (its cache then is the one to start from)."""
+        if not self.chunks and any(slot is not None for slot in decoder.feat_cache):
+            self.decoder_cache = tuple(decoder.feat_cache)  # the VAE replaces slots, never writes into them
+        self.chunks.append(latents.cpu())
+
+    def save(self, path: str) -> str:
+        """Save the latents (B, C, F, h, w) beside `path` (`video.latents.pt`; in a temporary folder if that fails)
+        with `torch.save`, and the decoder cache, if any, as `video.decoder_cache.pt`; returns a sentence saying
+        where and how to decode them."""
+        if not self.chunks:
+            return "no chunk was generated, so no latents are saved"
+        latents = torch.cat(self.chunks, dim=2)
+        files = {".latents.pt": latents}
+        if self.decoder_cache is not None:
+            files[".decoder_cache.pt"] = [s.cpu() if isinstance(s, torch.Tensor) else s for s in self.decoder_cache]
+        stem = pathlib.Path(path).with_suffix("")
+        try:
+            saved = {suffix: _save(value, stem.with_name(stem.name + suffix)) for suffix, value in files.items()}
+        except OSError:
+            folder = pathlib.Path(tempfile.mkdtemp(prefix="lact_video_"))
+            saved = {suffix: _save(value, folder / (stem.name + suffix)) for suffix, value in files.items()}
+        decode = f"pipe.decode_latents(torch.load({saved['.latents.pt']!r}))"
+        why = ""
+        if self.decoder_cache is not None:
+            decode = decode[:-1] + f", decoder_cache=torch.load({saved['.decoder_cache.pt']!r}))"
+            why = (
+                " (the VAE decoder's cache after the chunks before them, a resumed state's or a clip's, so that they "
+                "decode as in the video)"
+            )
+        return (
+            f"the generated latents {tuple(latents.shape)} (B, C, F, h, w; a row per video) are "
+            f"saved in {saved['.latents.pt']}: `{decode}` gives their frames{why}"
+        )
+
+
+def _save(value, path: pathlib.Path) -> str:
+    torch.save(value, path)
+    return str(path)
 
 
 def _rows_per_video(embeds: torch.Tensor, batch_size: int, num_videos_per_prompt: int) -> torch.Tensor:
@@ -422,14 +480,16 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             raise ValueError(f"The embeddings' widths D differ: {shapes}. Encode both with the same text encoder.")
 
     def check_output_path(
-        self, output_path: str | os.PathLike | list | None, output_type: str, num_videos: int
+        self, output_path: str | os.PathLike | list | None, output_type: str, num_videos: int, video: Any = None
     ) -> list[str]:
         """The video file of every video (see `video_paths`), each checked before any denoising step: its container
-        must be one the writer encodes (`pipelines.streaming.CONTAINER_CODECS`). (`VideoStreamWriter` opens the
-        files before the first step too, so an unwritable path fails then.)
+        must be one the writer encodes (`pipelines.streaming.CONTAINER_CODECS`), and it must not be the `video`
+        file to continue (through a symlink, a relative path or a hard link too), which writing it would destroy
+        before it is read. (`VideoStreamWriter` opens the files before the first step too, so an unwritable path
+        fails then.)
 
         Raises:
-            ValueError: naming the file and the supported containers.
+            ValueError: naming the file and the supported containers, or the file and the clip it would overwrite.
         """
         if output_path is None:
             return []
@@ -438,13 +498,20 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         paths = video_paths(output_path, num_videos)
         for path in paths:
             container_codec(path)
+            if isinstance(video, (str, os.PathLike)) and os.path.exists(video):
+                for written in (path, partial_video_path(path)):  # the writer writes the second, then renames it
+                    if os.path.exists(written) and os.path.samefile(written, video):
+                        raise ValueError(
+                            f"`output_path` {path} would overwrite the clip to continue, `video` {video} (the same "
+                            f"file as {written}), before it is read. Choose another `output_path`."
+                        )
         return paths
 
     def check_num_frames(self, num_frames: int, continuing: bool = False, first_chunk: int = 0) -> int:
         """Round `num_frames` to whole chunks and check it against the rotary table; returns the new value.
 
         Valid values are `4 * F - 3` with `F` latent frames a multiple of `chunk_frames`. Like `WanPipeline`,
-        other values are rounded down (to `4n + 1`, then to whole chunks, at least one) with a warning.
+        other values are rounded down (to `4n + 1`, then to whole chunks, at least one) with one warning.
         `continuing`: the frames follow earlier chunks, so they count the new frames only, `4 * chunk_frames`
         per chunk (other values are rounded down to whole chunks, at least one, with a warning); the rotary
         table must then reach the last new chunk's absolute index, counted from `first_chunk`, the first new one.
@@ -456,21 +523,20 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             num_frames = max(num_frames // step, 1) * step
             if num_frames != requested:
                 logger.warning(
-                    f"num_frames={requested} counts the new frames only, after the {first_chunk} chunk(s) before this "
-                    f"call (a state's or a clip's), {step} per chunk (chunk_frames={k}): generating num_frames={num_frames} "
-                    f"({num_frames // step} chunks) instead."
+                    f"num_frames={requested} counts the new frames only, after the {chunk_count(first_chunk)} "
+                    f"before this call (a state's or a clip's), {step} per chunk (chunk_frames={k}): generating "
+                    f"num_frames={num_frames} ({chunk_count(num_frames // step)}) instead."
                 )
             return self._check_rotary_table(num_frames, first_chunk * k + num_frames // t, first_chunk)
         rounded = round_num_frames(num_frames, k, t)
         num_frames, num_latent_frames = rounded.num_frames, rounded.latent_frames
-        if rounded.to_4n_plus_1:
-            logger.warning(f"`num_frames - 1` has to be divisible by {t}. Rounding to the nearest number.")
-        if rounded.to_whole_chunks:
+        if rounded.to_4n_plus_1 or rounded.to_whole_chunks:  # one warning for both roundings
             examples = ", ".join(str(video_num_frames(k * n, t)) for n in (1, 2, 3))
             logger.warning(
-                f"num_frames={requested} does not fill whole chunks of chunk_frames={k} latent frames: valid values "
-                f"are {t} * F - {t - 1} with F a multiple of {k} ({examples}, ...). Generating "
-                f"num_frames={num_frames} ({num_latent_frames} latent frames, {num_latent_frames // k} chunks) instead."
+                f"num_frames={requested} is not a whole number of chunks of chunk_frames={k} latent frames: valid "
+                f"values are {t} * F - {t - 1} with F a multiple of {k} ({examples}, ...). Generating "
+                f"num_frames={num_frames} ({num_latent_frames} latent frames, {chunk_count(num_latent_frames // k)}) "
+                "instead."
             )
         return self._check_rotary_table(num_frames, num_latent_frames)
 
@@ -483,7 +549,9 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         if self.transformer.rotary_latent_frames(num_latent_frames) > limit:  # a bounded position_policy stops early
             longest = video_num_frames(limit // k * k, t)
             earlier = (
-                f": the {first_chunk} chunks before this call, a state's or a clip's, included" if first_chunk else ""
+                f": the {chunk_count(first_chunk)} before this call, a state's or a clip's, included"
+                if first_chunk
+                else ""
             )
             config = self.transformer.config
             policy = f"position_policy={str(getattr(config.position_policy, 'value', config.position_policy))!r}"
@@ -664,7 +732,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         batch_size = schedule.batch_size
         self.check_prompt_embeds(batch_size, settings.prompt_embeds, settings.negative_prompt_embeds)
         num_videos = batch_size * settings.num_videos_per_prompt
-        paths = self.check_output_path(settings.output_path, settings.output_type, num_videos)
+        paths = self.check_output_path(settings.output_path, settings.output_type, num_videos, settings.video)
         if clip is not None and clip.batch_size not in (1, batch_size):
             raise ValueError(
                 f"The clip to continue has {clip.batch_size} rows for {batch_size} prompts: pass one clip for all, "
@@ -725,9 +793,10 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             settings.latents,
         )
         writers = []
-        # With files to write, the chunks' latents (1/48 of the frames' size) are kept, so that a failing
-        # writer loses none of the generated video (`_close_writers` saves them).
-        kept_latents = []
+        # With files to write, the chunks' latents are kept, so that a failing writer loses none of the generated
+        # video (`_close_writers` saves them).
+        kept_latents = _KeptLatents()
+        stopped_by = None  # an error that ends the generation midway: the files are then partial
         try:
             writers.extend(VideoStreamWriter(p, settings.height, settings.width, settings.fps) for p in paths)
             if clip is not None:  # 5b. The clip's chunks first, committed as the video's chunks 0, 1, ...
@@ -762,16 +831,21 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
 
                     # 6d. Decode this chunk (the VAE's causal cache carries over) and hand it out, with the state
                     if writers:
-                        kept_latents.append(latents.cpu())
+                        kept_latents.add(latents, decoder)
                     frames = self._decode_chunk(latents, decoder, writers, settings.output_type)
                     if settings.return_state and finished:
                         handed_state = handed_state.after_chunk(state, decoder, generator)
                     yield LaCTVideoChunk(frames, handed_state)
+        except GeneratorExit:
+            raise  # the caller stopped iterating: the files are whole videos of the chunks so far
+        except BaseException as error:
+            stopped_by = error
+            raise
         finally:
             # 7. Close the files (also when the caller stops early) and offload all models
             self._current_chunk = None
             self.maybe_free_model_hooks()
-            written = self._close_writers(writers, kept_latents)
+            written = self._close_writers(writers, kept_latents, stopped_by)
             if written_videos is not None:
                 written_videos.extend(written)
 
@@ -800,7 +874,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         generator: torch.Generator | list[torch.Generator] | None,
         handed_state: LaCTGenerationState | None,
         writers: list[VideoStreamWriter],
-        kept_latents: list[torch.Tensor],
+        kept_latents: _KeptLatents,
         settings: _GenerationSettings,
     ) -> Iterator[LaCTVideoChunk]:
         """Commit the clip's chunks into `state` one at a time, as clean chunks at t=0, the way generated chunks are
@@ -821,7 +895,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             frames = None
             if settings.return_input_video:
                 if writers:
-                    kept_latents.append(latents.cpu())
+                    kept_latents.add(latents, decoder)
                 frames = self._decode_chunk(latents, decoder, writers, settings.output_type)
             elif decoder is not None:
                 decoder.decode(self._denormalize(latents))
@@ -831,9 +905,14 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 yield LaCTVideoChunk(frames, handed_state)
         return state, handed_state
 
-    def _close_writers(self, writers: list[VideoStreamWriter], kept_latents: list[torch.Tensor]) -> list[WrittenVideo]:
-        """Close every file and return what each holds; if any writer failed, save the generated latents
-        (B, C, f, h, w) with `torch.save` (next to the first file, or in the temporary folder) and raise.
+    def _close_writers(
+        self, writers: list[VideoStreamWriter], kept_latents: _KeptLatents, stopped_by: BaseException | None
+    ) -> list[WrittenVideo]:
+        """Close every file and return what each holds. After a whole generation (or one the caller stopped), the
+        files take their names; when an error `stopped_by` ended it midway, each keeps the frames written so far
+        under its partial name (`VideoStreamWriter.close`), named in a warning and in a note on the error, and an
+        earlier file at the path is left as it was. If any writer failed, save the generated latents
+        (`_KeptLatents.save`) and raise.
 
         Raises:
             VideoWriteError: naming every failed file, ffmpeg's words, and where the latents are.
@@ -841,27 +920,26 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         written, failures = [], []
         for writer in writers:
             try:
-                written.append(writer.close())
+                video = writer.close(complete=stopped_by is None)
             except VideoWriteError as error:
                 failures.append(str(error))
-        for video in written:
-            logger.info(f"Wrote {video}")
-        if not failures:
+            else:
+                written += [video] if video is not None else []
+        if failures:
+            where = kept_latents.save(writers[0].path)
+            raise VideoWriteError(" | ".join(failures) + f". Nothing generated is lost: {where}.")
+        if stopped_by is None:
+            for video in written:
+                logger.info(f"Wrote {video}")
             return written
-        latents = torch.cat(kept_latents, dim=2) if kept_latents else None
-        where = "no chunk was generated, so no latents are saved"
-        if latents is not None:
-            path = pathlib.Path(writers[0].path).with_suffix(".latents.pt")
-            try:
-                torch.save(latents, path)
-            except OSError:
-                path = pathlib.Path(tempfile.mkdtemp(prefix="lact_video_")) / path.name
-                torch.save(latents, path)
-            where = (
-                f"the generated latents {tuple(latents.shape)} (B, C, F, h, w) of all {len(writers)} videos are saved "
-                f"in {path}: `pipe.decode_latents(torch.load({str(path)!r}))` gives their frames"
+        if written:
+            note = (
+                f"The generation stopped before the videos were complete: the frames written so far are in "
+                f"{', '.join(map(str, written))}; {', '.join(writer.path for writer in writers)} left as before."
             )
-        raise VideoWriteError(" | ".join(failures) + f". Nothing generated is lost: {where}.")
+            logger.warning(note)
+            stopped_by.add_note(note)
+        return []
 
     def _denoise_chunk(
         self,
@@ -954,14 +1032,27 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         return _as_normal_tensor(frames) if output_type == "pt" else frames
 
     @torch.inference_mode()
-    def decode_latents(self, latents: torch.Tensor, output_type: str = "np") -> np.ndarray | torch.Tensor | list:
+    def decode_latents(
+        self, latents: torch.Tensor, output_type: str = "np", decoder_cache: list | tuple | None = None
+    ) -> np.ndarray | torch.Tensor | list:
         """Decode (B, C, F, h, w) normalised latents, as `output_type="latent"` returns them or a failed video
         writer saves them, into frames as `__call__` returns them (`output_type` "np", "pt" or "pil"): the same
         causal decoding, one latent frame at a time, so the same frames.
+
+        `decoder_cache`: the VAE decoder's causal cache after the video's earlier chunks, to go on from (as a failed
+        writer saves it beside the latents, or `LaCTGenerationState.decoder_cache`): then the latents decode as
+        the video's later chunks (`4k` frames each), not as its start (`4k - 3` frames for the first chunk).
+
+        Raises:
+            ValueError: another `output_type`, or a cache of another VAE.
         """
         if output_type not in ("np", "pt", "pil"):
             raise ValueError(f"`output_type` must be 'np', 'pt' or 'pil', got {output_type!r}.")
-        frames = self._decode_chunk(latents, WanStreamingDecoder(self.vae), [], output_type)
+        decoder = WanStreamingDecoder(self.vae)
+        if decoder_cache is not None:
+            device = get_module_execution_device(self.vae)
+            decoder.load_cache([slot.to(device) if isinstance(slot, torch.Tensor) else slot for slot in decoder_cache])
+        frames = self._decode_chunk(latents, decoder, [], output_type)
         self.maybe_free_model_hooks()
         return frames
 
@@ -1035,7 +1126,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[int, int], None] | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end: StepEndCallback | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         max_sequence_length: int = 512,
         output_path: str | os.PathLike | list | None = None,
@@ -1098,9 +1189,13 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
                 The maximum sequence length of the text encoder.
             output_path (`str`, `os.PathLike` or a list, *optional*):
                 Write the video(s) to files incrementally instead of returning frames: .mp4, .mov, .mkv (H.264) or
-                .webm (VP9), checked before the first step (other containers raise `ValueError`). One path for
-                several videos gets `_0`, `_1`, ... suffixes. The chunks' latents are kept meanwhile (1/48 of the
-                frames' size): if ffmpeg fails, a `VideoWriteError` says where they were saved.
+                .webm (VP9), checked before the first step (other containers raise `ValueError`, and so does the
+                `video` file itself). One path for several videos gets `_0`, `_1`, ... suffixes. Each file is written
+                as `name.partial.mp4` and renamed to `name.mp4` when the video is complete: an error midway leaves an
+                earlier `name.mp4` as it was, and the frames so far in the partial file (named in a note on the
+                error). The chunks' latents are kept meanwhile (1/48 of the frames' size): if ffmpeg fails, a
+                `VideoWriteError` says where they were saved, with the VAE decoder's cache to decode them from after
+                a resumed state's or a clip's chunks (`decode_latents`).
             fps (`int`, defaults to 16): frame rate of the files written to `output_path`, and the rate a `video`
                 file is resampled to.
             video (np, pt, a list of PIL images, or a path, *optional*):

@@ -18,12 +18,15 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
+from diffusers.utils import logging
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from lact_video import __version__
 from lact_video.ops.fast_weight import FastWeights
 from lact_video.state import LaCTState, LayerState
+
+logger = logging.get_logger(__name__)
 
 FORMAT = "lact-video-state"  # metadata["format"]: what makes a safetensors file ours
 FORMAT_VERSION = 1
@@ -54,7 +57,9 @@ def save_state(
 ) -> None:
     """Write `lact_state`, `decoder_cache` (a `WanStreamingDecoder.feat_cache`, or `None`), the JSON `header` and
     the caller's other `tensors` to one file, atomically: the file is written under a temporary name beside
-    `path` and renamed over it, so a failed save leaves an earlier file at `path` as it was.
+    `path` and renamed over it, so a failed save leaves an earlier file at `path` as it was. A missing folder is
+    created (as the video writer creates it); a name that does not end in `.safetensors` is written all the same,
+    with a warning (the file is safetensors, not a `torch.save` pickle).
 
     Tensor names: `lact.{block}.{key|value}`, `lact.{block}.{fast_weights|momentum}.{w0|w1|w2}`,
     `vae.feat_cache.{slot}`, and `extra.{name}` for `tensors`. Tensors keep their dtype; they are read back on
@@ -100,6 +105,12 @@ def save_state(
     except TypeError as error:
         raise StateFileError(f"The state header must be JSON-serialisable: {error}") from error
     path = pathlib.Path(path)
+    if path.suffix != ".safetensors":
+        logger.warning(
+            f"Saving the state to {path}: the file is safetensors (read it with `LaCTGenerationState.load`, not "
+            f"`torch.load`); name it {path.with_suffix('.safetensors').name} to say so."
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary file sits in the target's folder, so the rename stays on one file system (and is atomic).
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as file:
         temporary = pathlib.Path(file.name)

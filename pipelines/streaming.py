@@ -8,12 +8,13 @@ to ffmpeg (imageio-ffmpeg's binary), with a codec that fits the file's container
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import pathlib
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -226,18 +227,26 @@ class VideoStreamWriter:
     RGB in [0, 1], converted to uint8 as `diffusers.utils.export_to_video` does, at their own size. ffmpeg runs
     here rather than through `imageio_ffmpeg.write_frames`, which neither checks ffmpeg's exit status nor keeps
     its messages: `close` raises `VideoWriteError` when ffmpeg failed or the file does not hold every frame sent.
+
+    The frames go to `partial_path` (`video.partial.mp4` for `video.mp4`), which `close` renames to `path` once
+    the video is complete, as `pipelines.state_io.save_state` writes state files: a run that fails or is killed
+    midway leaves an earlier file at `path` as it was, and its frames so far under a name that says they are a
+    part (an earlier partial file of the same path is replaced).
     """
 
     def __init__(self, path: str | os.PathLike, height: int, width: int, fps: int = 16):
         self.path = str(path)
+        self.partial_path = partial_video_path(self.path)
         self.codec = container_codec(self.path)
         self.num_frames = 0
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(errno.EISDIR, "the output path is a folder: give a video file name", self.path)
         pathlib.Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        open(self.path, "wb").close()  # an unwritable path fails here, before any frame is generated
+        open(self.partial_path, "wb").close()  # an unwritable folder fails here, before any frame is generated
         self._messages = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall ffmpeg
         self._ffmpeg = subprocess.Popen(
             [_ffmpeg_exe(), "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-             "-r", str(fps), "-i", "-", "-an", "-c:v", self.codec.encoder, *self.codec.options, self.path],
+             "-r", str(fps), "-i", "-", "-an", "-c:v", self.codec.encoder, *self.codec.options, self.partial_path],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=self._messages,
@@ -251,32 +260,57 @@ class VideoStreamWriter:
             raise VideoWriteError(self._failure(f"ffmpeg stopped taking frames ({error})")) from error
         self.num_frames += len(frames)
 
-    def close(self) -> WrittenVideo:
-        """Finish the file and read back what it holds. Raises `VideoWriteError` if ffmpeg failed."""
+    def close(self, complete: bool = True) -> WrittenVideo | None:
+        """Finish the file and read back what it holds.
+
+        `complete`: the video is whole, so the file is renamed to `path`. Otherwise (generation failed midway) it
+        stays at `partial_path`, which the returned `WrittenVideo` names, or is removed when no frame was sent
+        (then `None`).
+
+        Raises:
+            VideoWriteError: ffmpeg failed, or the file lacks frames sent; what ffmpeg wrote stays at
+                `partial_path`, and `path` is left as it was.
+        """
         if not self._ffmpeg.stdin.closed:
             try:
                 self._ffmpeg.stdin.close()
             except BrokenPipeError:
                 pass  # ffmpeg has exited: its status says why
         status = self._ffmpeg.wait()
+        if not complete and self.num_frames == 0:
+            self._messages.close()
+            pathlib.Path(self.partial_path).unlink(missing_ok=True)
+            return None
         if status != 0:
             raise VideoWriteError(self._failure(f"ffmpeg exited with status {status}"))
         self._messages.close()
-        written = WrittenVideo.read(self.path)
+        written = WrittenVideo.read(self.partial_path)
         if written.num_frames != self.num_frames:
             raise VideoWriteError(self._failure(f"the file holds {written.num_frames} frames"))
-        return written
+        if not complete:
+            return written
+        os.replace(self.partial_path, self.path)
+        return replace(written, path=self.path)
 
     def _failure(self, what: str) -> str:
-        """The message of a `VideoWriteError`: the file, the codec, the frames sent, what failed, ffmpeg's words."""
+        """The message of a `VideoWriteError`: the file, the codec, the frames sent, what failed, ffmpeg's words,
+        and where the frames it wrote are."""
         messages = ""
         if not self._messages.closed:
             self._messages.seek(0)
             messages = self._messages.read().decode(errors="replace").strip()[-2000:]
         return (
             f"Writing {self.path} ({self.codec.encoder}, {self.num_frames} frames sent): {what}. "
-            f"ffmpeg said: {messages or '(nothing)'}"
+            f"ffmpeg said: {messages or '(nothing)'}. What it wrote is in {self.partial_path}; {self.path} is left "
+            "as it was"
         )
+
+
+def partial_video_path(path: str | os.PathLike) -> str:
+    """Where `VideoStreamWriter` writes `path` until the video is complete: `video.partial.mp4` for `video.mp4`
+    (the suffix kept, for ffmpeg's container and for players)."""
+    path = pathlib.Path(path)
+    return str(path.with_name(f"{path.stem}.partial{path.suffix}"))
 
 
 def video_paths(output_path: str | os.PathLike | list, num_videos: int) -> list[str]:

@@ -46,7 +46,7 @@ from lact_video.data.video_reader import (
     resample_times,
     resize_for_center_crop,
 )
-from lact_video.geometry import first_frame_of_chunk, latent_size, normalize_latents, video_num_frames
+from lact_video.geometry import chunk_count, first_frame_of_chunk, latent_size, normalize_latents, video_num_frames
 
 from .streaming import WanStreamingEncoder
 
@@ -166,7 +166,7 @@ def _whole_chunks(total: int, bounds: Callable[[int], tuple[int, int]], what: st
     if kept < total:
         logger.warning(
             f"{what} do not fill whole chunks ({first_chunk} frames, then {bounds(1)[1] - first_chunk} per chunk): "
-            f"continuing from the first {kept} frames ({num_chunks} chunks); the last {total - kept} frames are "
+            f"continuing from the first {kept} frames ({chunk_count(num_chunks)}); the last {total - kept} frames are "
             "dropped."
         )
     return num_chunks, kept

@@ -268,7 +268,10 @@ def test_continuing_counts_new_frames_in_whole_chunks(pipe, caplog):
     with caplog.at_level("WARNING"):
         out = pipe(**call_kwargs(num_frames=NEW_CHUNK_FRAMES + 3, output_type="latent", state=state))
     assert out.frames.shape[2] == K and out.state is None
-    assert f"num_frames={NEW_CHUNK_FRAMES + 3} counts the new frames only, after the 1 chunk(s)" in caplog.text
+    assert (
+        f"num_frames={NEW_CHUNK_FRAMES + 3} counts the new frames only, after the 1 chunk before this call"
+        in caplog.text
+    )
 
 
 # Refusals
@@ -315,7 +318,9 @@ def test_another_size_batch_or_guidance_is_refused(pipe, saved, change, named):
 def test_a_latent_state_cannot_be_decoded_from(pipe):
     state = pipe(**call_kwargs(num_frames=frames_for(1), output_type="latent", return_state=True)).state
     assert state.decoder_cache is None
-    with pytest.raises(StateMismatchError, match="1 chunks were not decoded .* output_type='latent'"):
+    with pytest.raises(
+        StateMismatchError, match=r"without decoding \(output_type='latent', 1 chunk\), so it has no VAE cache"
+    ):
         pipe(**call_kwargs(num_frames=NEW_CHUNK_FRAMES, state=state, output_type="np"))
 
 
@@ -366,6 +371,38 @@ def test_a_failed_save_keeps_the_earlier_file(pipe, saved, tmp_path, monkeypatch
     with pytest.raises(OSError, match="No space left"):
         state.save(path)
     assert path.read_bytes() == saved.read_bytes() and [p.name for p in tmp_path.iterdir()] == ["s.safetensors"]
+
+
+def test_save_creates_a_missing_folder_and_warns_of_another_suffix(pipe, saved, tmp_path, caplog):
+    """`save` into a folder not made yet makes it (as the video writer does); `x.pt` is written, as safetensors,
+    with a warning saying so."""
+    state = LaCTGenerationState.load(saved, pipe)
+    with caplog.at_level("WARNING"):
+        state.save(tmp_path / "new" / "folder" / "s.safetensors")
+    assert caplog.text == ""
+    with caplog.at_level("WARNING"):
+        state.save(tmp_path / "x.pt")
+    assert "x.pt: the file is safetensors (read it with `LaCTGenerationState.load`, not `torch.load`)" in caplog.text
+    for path in (tmp_path / "new" / "folder" / "s.safetensors", tmp_path / "x.pt"):
+        assert_same_state(LaCTGenerationState.load(path, pipe), state)
+
+
+def test_the_repr_is_a_short_summary(pipe, one_call):
+    """The repr of a state (and of an output carrying it) names the next chunk, the rows, blocks, dtype, device and
+    sizes, in one line, rather than every tensor."""
+    state = one_call[2]
+    lact_bytes = sum(t.numel() * t.element_size() for t in flatten(state).values() if torch.is_tensor(t))
+    cache_bytes = sum(t.numel() * t.element_size() for t in state.decoder_cache if torch.is_tensor(t))
+    lact_bytes -= cache_bytes + sum(g.state.numel() for g in (state.generator,))  # flatten holds all three
+    text = repr(state)
+    assert text == (
+        f"LaCTGenerationState(next_chunk=4, {SIZE}x{SIZE}, videos=1, guidance=True (2 rows), "
+        f"blocks={len(state.lact_state.layers)}, dtype=float32, device=cpu, LaCT state {lact_bytes / 1e6:.1f} MB, "
+        f"VAE cache {cache_bytes / 1e6:.1f} MB, generator saved)"
+    )
+    output = pipe(**call_kwargs(num_frames=frames_for(1), output_type="latent", return_state=True))
+    assert f"state={output.state!r}" in repr(output) and len(repr(output)) - len(repr(output.frames)) < 400
+    assert "not decoded" in repr(output.state)
 
 
 def test_the_file_holds_tensors_and_a_json_header_only(saved):

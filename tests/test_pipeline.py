@@ -5,9 +5,11 @@ the fast-weight state. The fixture therefore opens the gate and raises the fast-
 rates, so that every chunk's output depends on the memory of the chunks before it.
 """
 
+import collections.abc
 import io
 import json
 import logging
+import typing
 
 import imageio_ffmpeg
 import numpy as np
@@ -278,7 +280,8 @@ def test_num_frames_round_down_to_whole_chunks(pipe, caplog, num_frames, expecte
     with caplog.at_level(logging.WARNING):
         frames = pipe(**call_kwargs(num_frames=num_frames, num_inference_steps=1)).frames
     assert frames.shape[1] == expected
-    assert f"Generating num_frames={expected}" in caplog.text
+    warnings = [record.getMessage() for record in caplog.records if "num_frames" in record.getMessage()]
+    assert len(warnings) == 1 and f"Generating num_frames={expected}" in warnings[0]  # one warning, 30 too
 
 
 def test_valid_num_frames_do_not_warn(pipe, caplog):
@@ -341,6 +344,20 @@ def test_callback_once_per_step_per_chunk_matches_num_timesteps(pipe):
     assert len({c[2] for c in calls}) == steps  # every chunk runs the same schedule
     assert all(c[3] == (1, 16, K, 4, 4) for c in calls)  # the current chunk's latents
     assert pipe.current_chunk is None
+
+
+def test_the_callback_type_hint_is_the_call_made(pipe):
+    """`callback_on_step_end`'s hint says what it is called with and must return: (pipe, step, timestep,
+    callback_kwargs) -> dict, diffusers' convention."""
+    hint = typing.get_type_hints(LaCTVideoPipeline.__call__)["callback_on_step_end"]
+    callable_hint = next(arg for arg in typing.get_args(hint) if typing.get_origin(arg) is collections.abc.Callable)
+    parameters, returns = typing.get_args(callable_hint)
+    calls = []
+    pipe(**call_kwargs(num_inference_steps=1, callback_on_step_end=lambda *args: calls.append(args) or {}))
+    assert len(parameters) == len(calls[0]) == 4
+    for value, expected in zip(calls[0], parameters):
+        assert isinstance(value, typing.get_origin(expected) or expected), (value, expected)
+    assert typing.get_origin(returns) is dict
 
 
 def test_callback_can_edit_latents_and_interrupt(pipe):

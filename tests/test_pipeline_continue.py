@@ -233,7 +233,9 @@ def test_new_frames_round_down_to_whole_chunks(pipe, caplog):
     with caplog.at_level(logging.WARNING):
         new = pipe(**call_kwargs(video=clip_frames(), num_frames=NEW_FRAMES + 5, output_type="latent")).frames
     assert new.shape[2] == NEW_CHUNKS * K
-    assert f"num_frames={NEW_FRAMES + 5} counts the new frames only, after the 2 chunk(s)" in caplog.text
+    assert (
+        f"num_frames={NEW_FRAMES + 5} counts the new frames only, after the 2 chunks before this call" in caplog.text
+    )
     assert f"generating num_frames={NEW_FRAMES} ({NEW_CHUNKS} chunks) instead" in caplog.text
 
 
@@ -326,6 +328,34 @@ def test_a_clip_with_a_state_is_refused(pipe):
     state = pipe(**call_kwargs(num_frames=frames_for(1), output_type="latent", return_state=True)).state
     with pytest.raises(ValueError, match="pass one of them. To continue a clip and go on later"):
         pipe(**continue_kwargs(video=clip_frames(), state=state, output_type="latent"))
+
+
+@pytest.mark.parametrize("how", ["same-path", "symlink", "relative", "hard-link", "partial-name"])
+def test_writing_over_the_clip_to_continue_is_refused_before_any_work(pipe, clip_file, tmp_path, monkeypatch, how):
+    """`output_path` naming the `video` file (itself, through a symlink, a relative path or a hard link, or as the
+    partial file the writer writes first) is refused before any step, naming both and the fix; nothing is written."""
+    data = clip_file[0].read_bytes()
+    for name in ("clip.mp4", "v.partial.mp4"):
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "clip.mp4")
+    (tmp_path / "hard.mp4").hardlink_to(tmp_path / "clip.mp4")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.chdir(tmp_path)
+    video, output = {
+        "same-path": (tmp_path / "clip.mp4", tmp_path / "clip.mp4"),
+        "symlink": (tmp_path / "clip.mp4", tmp_path / "link.mp4"),
+        "relative": (str(tmp_path / "clip.mp4"), "clip.mp4"),
+        "hard-link": ("clip.mp4", "hard.mp4"),
+        "partial-name": (tmp_path / "v.partial.mp4", "v.mp4"),
+    }[how]
+    steps = []
+    with pytest.raises(ValueError) as refused:
+        pipe(**continue_kwargs(video=video, output_path=output,
+                               callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {}))  # fmt: skip
+    assert f"`output_path` {output} would overwrite the clip to continue, `video` {video} " in str(refused.value)
+    assert str(refused.value).endswith("Choose another `output_path`.")
+    assert steps == [] and sorted(p.name for p in tmp_path.iterdir()) == before
+    assert all((tmp_path / name).read_bytes() == data for name in ("clip.mp4", "v.partial.mp4"))
 
 
 def test_generate_script_continues_a_clip_file(tiny_wan_dir, clip_file, tmp_path, capsys):

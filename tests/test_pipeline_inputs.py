@@ -157,6 +157,7 @@ def test_containers_are_written_with_a_codec_that_fits(pipe, tmp_path, suffix, c
     expected = pipe(**kwargs, generator=generators(0)).frames[0]
     assert out.video_paths == [str(path)]
     assert out.written_videos == [WrittenVideo(str(path), frames_for(3), SIZE, SIZE, 8.0, codec)]
+    assert list(tmp_path.iterdir()) == [path]  # the partial file was renamed
     frames, count, fps = read_back(path)
     assert count == frames_for(3) and fps == pytest.approx(8.0) and frames.shape == (frames_for(3), SIZE, SIZE, 3)
     assert np.abs(frames - expected).mean() < 0.06  # lossy codecs on random-weight "noise" video
@@ -215,16 +216,67 @@ def test_ffmpeg_dying_mid_video_stops_and_keeps_the_chunks_so_far(pipe, tmp_path
     chunk_bytes = (4 * K - 3) * SIZE * SIZE * 3  # chunk 0's frames as rgb24
     fake_ffmpeg(tmp_path, monkeypatch, f"head -c {chunk_bytes} > /dev/null; exit 1")
     kwargs = call_kwargs(prompt=PROMPTS[0], num_frames=frames_for(50))
+    (tmp_path / "v.mkv").write_bytes(b"an earlier video")
     chunks = []
-    with pytest.raises(VideoWriteError, match="exited with status 1"):
+    with pytest.raises(VideoWriteError, match="exited with status 1") as failure:
         pipe(**{**kwargs, "output_type": "np"}, generator=generators(0), output_path=tmp_path / "v.mkv",
              callback_on_step_end=lambda p, i, t, kw: chunks.append(p.current_chunk) or {})  # fmt: skip
+    assert f"What it wrote is in {tmp_path / 'v.partial.mkv'}; {tmp_path / 'v.mkv'} is left as it was" in str(
+        failure.value
+    )
+    assert (tmp_path / "v.mkv").read_bytes() == b"an earlier video"
     assert max(chunks) < 10  # stopped soon after ffmpeg, not after 50 chunks
     latents = torch.load(tmp_path / "v.latents.pt")
     n = latents.shape[2] // K
     assert latents.shape == (1, 16, n * K, 4, 4) and n == max(chunks) + 1
     full = pipe(**call_kwargs(prompt=PROMPTS[0], num_frames=frames_for(n)), generator=generators(0)).frames
     torch.testing.assert_close(latents, full, rtol=0, atol=0)
+
+
+def test_an_error_midway_keeps_the_earlier_file_and_the_frames_so_far_as_a_partial_video(pipe, tmp_path):
+    """A run that fails in chunk 2 leaves an earlier file at the path as it was, and chunks 0 and 1's frames in
+    `v.partial.mp4`, named in a note on the error."""
+    path = tmp_path / "v.mp4"
+    path.write_bytes(b"an earlier video")
+
+    def fail_in_chunk_2(pipe, step, timestep, callback_kwargs):
+        if pipe.current_chunk == 2:
+            raise RuntimeError("out of memory")
+        return {}
+
+    kwargs = call_kwargs(prompt=PROMPTS[0], output_type="np", num_frames=frames_for(4))
+    with pytest.raises(RuntimeError, match="out of memory") as failure:
+        pipe(**kwargs, generator=generators(0), output_path=path, callback_on_step_end=fail_in_chunk_2)
+    partial = tmp_path / "v.partial.mp4"
+    assert path.read_bytes() == b"an earlier video" and sorted(tmp_path.iterdir()) == [path, partial]
+    assert WrittenVideo.read(partial).num_frames == frames_for(2)
+    assert f"the frames written so far are in {partial} ({frames_for(2)} frames" in " ".join(failure.value.__notes__)
+    frames, _, _ = read_back(partial)
+    expected = pipe(**{**kwargs, "num_frames": frames_for(2)}, generator=generators(0)).frames[0]
+    assert np.abs(frames - expected).mean() < 0.05  # lossy H.264 of random-weight "noise" video
+
+
+@pytest.mark.parametrize("earlier", ["state", "clip"])
+def test_a_failed_writer_after_earlier_chunks_saves_what_decodes_its_frames(pipe, tmp_path, monkeypatch, earlier):
+    """A resumed call (or a continued clip) whose writer fails: the saved latents with the saved decoder cache
+    decode to the call's frames (16 new frames), not to a video's start (13 frames from a fresh decoder)."""
+    kwargs = call_kwargs(prompt=PROMPTS[0], output_type="np")
+    if earlier == "state":
+        first = pipe(**{**kwargs, "num_frames": frames_for(1)}, generator=generators(0), return_state=True)
+        go_on = dict(state=first.state)
+    else:
+        go_on = dict(video_latents=pipe(**call_kwargs(prompt=PROMPTS[0], num_frames=frames_for(1))).frames)
+    kwargs.update(num_frames=2 * 4 * K, **go_on)
+    expected = pipe(**kwargs, generator=generators(1)).frames
+    assert expected.shape[1] == 16
+    fake_ffmpeg(tmp_path, monkeypatch, 'cat > /dev/null; echo "No space left on device" >&2; exit 1')
+    with pytest.raises(VideoWriteError) as failure:
+        pipe(**kwargs, generator=generators(1), output_path=tmp_path / "v.mp4")
+    latents_file, cache_file = tmp_path / "v.latents.pt", tmp_path / "v.decoder_cache.pt"
+    hint = f"pipe.decode_latents(torch.load({str(latents_file)!r}), decoder_cache=torch.load({str(cache_file)!r}))"
+    assert hint in str(failure.value)
+    frames = pipe.decode_latents(torch.load(latents_file), decoder_cache=torch.load(cache_file))
+    np.testing.assert_allclose(frames, expected, rtol=0, atol=1e-6)
 
 
 def test_generate_script_reports_what_was_written(tiny_wan_dir, tmp_path, capsys):
