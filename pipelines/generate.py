@@ -257,7 +257,13 @@ def main(argv=None) -> None:
     check_distinct_files(args, parser)
     check_output(args.output, parser)
     if args.save_state:
-        check_writable_folder("--save_state", pathlib.Path(args.save_state), parser)
+        state_path = pathlib.Path(args.save_state)
+        if state_path.suffix != ".safetensors":
+            parser.error(
+                f"--save_state {args.save_state}: a state file is safetensors; name it "
+                f"{state_path.with_suffix('.safetensors')}"
+            )
+        check_writable_folder("--save_state", state_path, parser)
     with exit_on_config_error():  # a bad schedule or state file, also one found by the pipeline, is one line
         generate(args, parser)
 

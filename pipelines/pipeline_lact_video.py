@@ -760,6 +760,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             lambda embeds, negative_embeds: _EncodedPrompt(
                 *_same_length(embeds, negative_embeds, device, transformer_dtype)
             ),
+            goes_on=settings.return_state,
         )
 
         # 4. Prepare timesteps. Every chunk runs the whole schedule, so `num_timesteps` (the number of

@@ -192,9 +192,12 @@ class ScheduledPrompts(Generic[P]):
         chunks: range,
         encode: Callable[[PromptText | torch.Tensor], torch.Tensor],
         prepare: Callable[[torch.Tensor, torch.Tensor | None], P],
+        goes_on: bool = False,
     ):
         """`encode` makes one entry's embeddings (B * num_videos_per_prompt, L, D); `prepare` a prompt from the
         positive and negative embeddings (`None` without guidance). A negative `str` serves every prompt.
+        `goes_on`: the call hands out its state, so entries after its last chunk are for later calls (the same
+        schedule passed to every call): logged at debug level; otherwise no call can use them, and they warn.
 
         Raises:
             ConfigError: when a negative entry's batch is not the positive schedule's.
@@ -218,9 +221,10 @@ class ScheduledPrompts(Generic[P]):
         for schedule, name in ((positive, "prompt"), (negative, "negative_prompt")):
             unused = [start for start in (schedule.starts if schedule else ()) if start >= chunks.stop]
             if unused:
-                logger.warning(
+                (logger.debug if goes_on else logger.warning)(
                     f"`{name}` entries from chunks {unused} start after the last chunk this call generates (chunk "
-                    f"{chunks.stop - 1}): they are not used here."
+                    f"{chunks.stop - 1}): they are not used here"
+                    + (" (a call going on from the state handed out uses them)." if goes_on else ".")
                 )
 
     def _key(self, chunk: int) -> tuple[int, int | None]:

@@ -378,8 +378,10 @@ def test_generate_script_continues_a_clip_file(tiny_wan_dir, clip_file, tmp_path
         (["--video", str(tmp_path / "missing.mp4")], "missing.mp4: no such file"),
         (["--output", str(link)], "--video and --output name the same file"),  # would empty the clip
         (["--save_state", str(tmp_path / "out0.mp4")], "--output and --save_state name the same file"),
-        (["--save_state", str(tmp_path)], "is a folder: give a file name"),
+        (["--save_state", str(tmp_path / "folder.safetensors")], "is a folder: give a file name"),
+        (["--save_state", str(tmp_path / "s.pt")], "a state file is safetensors; name it"),
     ]
+    (tmp_path / "folder.safetensors").mkdir()
     before = clip.read_bytes()
     for extra, message in bad:
         with pytest.raises(SystemExit) as exit_info:

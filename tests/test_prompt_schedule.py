@@ -95,6 +95,18 @@ def test_each_entry_is_encoded_once_and_each_prompt_projected_once(pipe, caplog)
     assert "entries from chunks [5] start after the last chunk" in caplog.text
 
 
+def test_later_entries_do_not_warn_when_the_state_goes_on(pipe, caplog):
+    """The same schedule passed to every call of a paused video: a call that hands out its state leaves the later
+    entries to the next call (debug only); one that does not would never use them (a warning)."""
+    schedule = {0: PROMPT, start(3): OTHER}
+    with caplog.at_level(logging.DEBUG, logger="pipelines.prompt_schedule"):
+        latents(pipe, 2, prompt=schedule, return_state=True)
+    assert [r.levelno for r in caplog.records if "start after the last chunk" in r.getMessage()] == [logging.DEBUG]
+    caplog.clear()
+    latents(pipe, 2, prompt=schedule)
+    assert [r.levelno for r in caplog.records if "start after the last chunk" in r.getMessage()] == [logging.WARNING]
+
+
 def test_a_callback_replacement_applies_to_the_current_entry(pipe):
     """A callback halves the prompt at the end of chunk 0: chunk 1 (same entry) keeps the halved embeddings, chunk
     2 starts from its own entry's."""
