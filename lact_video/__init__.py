@@ -1,6 +1,6 @@
 """lact-video: Large-Chunk Test-Time Training for autoregressive video diffusion on Wan2.1."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 from .models import LaCTTransformerOutput, LaCTWanTransformer3DModel
 from .sequence import TeacherForcingLayout, interleave_teacher_forcing, interleave_timesteps
