@@ -372,6 +372,7 @@ def to_minvid_model_config(config: dict, tokens_per_latent_frame: int = 1560) ->
     for key, value, theirs in (
         ("attention_mode", config.get("attention_mode", "window"), "window"),
         ("fw_base_lr", config.get("fw_base_lr", MINVID_BASE_LR), MINVID_BASE_LR),
+        ("fw_retention_decay", config.get("fw_retention_decay", 0.0), 0.0),
     ):
         if value != theirs:
             raise UnsupportedMinVidOption(f"{key}: {value!r} has no minVid form; their layer has {theirs!r} only.")

@@ -289,6 +289,8 @@ def test_export_back_writes_the_options_of_their_yaml(wan, tiny_wan_dir, tmp_pat
     assert back == {k: model.config[k] for k in back}
     with pytest.raises(UnsupportedMinVidOption, match=r"lact_blocks: \[1\]"):
         to_minvid_model_config({**model.config, "lact_blocks": [1]})
+    with pytest.raises(UnsupportedMinVidOption, match="fw_retention_decay: 0.3 has no minVid form"):
+        to_minvid_model_config({**model.config, "fw_retention_decay": 0.3})
 
 
 def test_without_a_yaml_the_assumed_options_are_named(wan, tiny_wan_dir, tmp_path, caplog):

@@ -54,8 +54,13 @@ def naive_teacher_forcing(
 
 @pytest.mark.parametrize(
     "rule",
-    [UpdateRule(), UpdateRule(momentum=True), UpdateRule(muon=True, momentum=True, muon_dtype=torch.float64)],
-    ids=["default", "momentum", "muon-momentum"],
+    [
+        UpdateRule(),
+        UpdateRule(momentum=True),
+        UpdateRule(muon=True, momentum=True, muon_dtype=torch.float64),
+        UpdateRule(momentum=True, retention_decay=0.3),
+    ],
+    ids=["default", "momentum", "muon-momentum", "momentum-retention"],
 )
 def test_layer_fast_path_matches_naive_with_gradients(monkeypatch, rule):
     torch.manual_seed(0)

@@ -99,6 +99,15 @@ PARITY = {
         "trained_chunks": 3,
         "attention_mode": "full_causal",
     },
+    # Retention towards the initial fast weights (docs/design.md Sec. 1.4).
+    "retention": {"fw_retention_decay": 0.3},
+    "retention-momentum-R2-clamp": {
+        "fw_retention_decay": 0.5,
+        "use_momentum": True,
+        "num_repeat": 2,
+        "position_policy": "clamp",
+        "trained_chunks": 2,
+    },
 }
 
 
@@ -220,6 +229,7 @@ def test_gradient_checkpointing_gives_same_gradients(wan):
         ({"attention_mode": "dense"}, "attention_mode must be one of .*; got 'dense'"),
         ({"position_policy": "wrap"}, "position_policy must be one of .*; got 'wrap'"),
         ({"trained_chunks": 0}, "trained_chunks must be >= 1 chunk"),
+        ({"fw_retention_decay": 1.5}, r"fw_retention_decay must be in \[0, 1\].*; got 1.5"),
     ],
     ids=[
         "fw_head_dim",
@@ -231,6 +241,7 @@ def test_gradient_checkpointing_gives_same_gradients(wan):
         "attention-mode",
         "position-policy",
         "trained-chunks",
+        "retention",
     ],
 )
 def test_bad_configs_raise(wan, config, match):

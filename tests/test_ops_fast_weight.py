@@ -25,6 +25,8 @@ RULES = {
     "momentum": UpdateRule(momentum=True),
     "muon": UpdateRule(muon=True),
     "muon-momentum": UpdateRule(muon=True, momentum=True),
+    "retention": UpdateRule(retention_decay=0.3),
+    "retention-momentum-plain": UpdateRule(momentum=True, weight_norm=False, retention_decay=0.5),
 }
 
 
@@ -136,7 +138,7 @@ def test_chunk_updates_final_state_matches_naive(rule):
     for s, (_, is_clean) in enumerate(layout.segments):
         if is_clean:
             state, previous = fast_weight_update(
-                state, k[:, s], v[:, s], lr[:, s], rule, norms, mom[:, s].mean(1), previous
+                state, k[:, s], v[:, s], lr[:, s], rule, norms, mom[:, s].mean(1), previous, initial=weights
             )
     for m in range(3):
         assert_rel_close(state[m], expected[m], 1e-10, f"final W{m}")
@@ -158,6 +160,34 @@ def test_weight_norm_keeps_initial_row_norms():
         assert not torch.allclose(w_new, w_old)
         # Exact up to the eps that keeps the rescale finite.
         torch.testing.assert_close(w_new.norm(dim=-1), w_old.norm(dim=-1), rtol=1e-4, atol=0)
+
+
+def test_retention_decays_towards_the_initial_state():
+    """lambda = 0 is the update without retention, bit for bit; lambda = 1 puts back the initial state exactly;
+    in between, W0 + (1 - lambda) (W - W0) of the update without retention."""
+    b, t, d, dh = 2, 9, 8, 16
+    weights = random_weights(b, d, dh)
+    k = F.normalize(torch.randn(b, t, d, dtype=torch.float64), dim=-1)
+    v, lr = torch.randn(b, t, d, dtype=torch.float64), torch.ones(b, t, 3, dtype=torch.float64)
+
+    def update(decay):
+        rule = UpdateRule(retention_decay=decay)
+        return fast_weight_update(weights, k, v, lr, rule, row_norms(weights), initial=weights)[0]
+
+    plain = fast_weight_update(weights, k, v, lr, UpdateRule(), row_norms(weights))[0]
+    for m in range(3):
+        assert not torch.allclose(plain[m], weights[m])
+        assert torch.equal(update(0.0)[m], plain[m])
+        assert torch.equal(update(1.0)[m], weights[m])
+        assert_rel_close(update(0.25)[m], weights[m] + 0.75 * (plain[m] - weights[m]), 1e-12, f"W{m}")
+
+
+def test_retention_needs_the_initial_state():
+    weights = random_weights(1, 8, 16)
+    k = v = torch.ones(1, 2, 8, dtype=torch.float64)
+    lr = torch.ones(1, 2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="pass initial="):
+        fast_weight_update(weights, k, v, lr, UpdateRule(retention_decay=0.5), row_norms(weights))
 
 
 @pytest.mark.parametrize("shape", [(3, 16, 8), (3, 8, 16)], ids=["tall", "wide"])

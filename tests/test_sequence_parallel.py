@@ -38,6 +38,8 @@ CASES = {
     "three_heads_uneven_fp32": ({"num_attention_heads": 3, "fw_head_dim": 12}, torch.float32, 1e-5),
     # Chunk 2 of 3 lies past the training length: the attention's and the memory's rotary tables differ there.
     "clamp_past_training_fp32": ({"position_policy": "clamp", "trained_chunks": 2}, torch.float32, 1e-5),
+    # Retention decays each rank's copy of the state after the update's token reduction.
+    "retention_fp32": ({"fw_retention_decay": 0.3}, torch.float32, 1e-5),
 }
 
 

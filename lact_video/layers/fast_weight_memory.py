@@ -182,11 +182,12 @@ class FastWeightMemory(nn.Module):
             out = torch.cat([out_noisy.reshape(b * self.num_heads, noisy, t, -1), out_clean], dim=1)
         else:  # COMMIT: write the chunk, then read it.
             k, v, lr, momentum = self._write_inputs(hidden_states, key, value, rotary_emb)
-            weights = state.fast_weights if state.fast_weights is not None else self._initial_weights(b)
-            norms = row_norms(self._initial_weights(b)) if self.rule.weight_norm else None
+            initial = self._initial_weights(b)
+            weights = state.fast_weights if state.fast_weights is not None else initial
+            norms = row_norms(initial) if self.rule.weight_norm else None
             m = momentum[:, 0] if momentum is not None else None
             new_weights, new_momentum = fast_weight_update(
-                weights, k[:, 0], v[:, 0], lr[:, 0], self.rule, norms, m, state.momentum
+                weights, k[:, 0], v[:, 0], lr[:, 0], self.rule, norms, m, state.momentum, initial=initial
             )
             out = fast_weight_apply(new_weights, q[:, 0]).unsqueeze(1)  # (B*Hf, 1, T, d)
 

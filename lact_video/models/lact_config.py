@@ -68,6 +68,9 @@ class LaCTConfig:
     # Base fast-weight learning rate: every token's rate is softplus(lr_proj(x) + softplus^-1(fw_base_lr)), so
     # fw_base_lr at initialisation (lr_proj = 0) and where weight decay on lr_proj pulls it. A constant, in no state dict.
     fw_base_lr: float = 1e-3
+    # Retention of the fast weights, lambda in [0, 1]: after each chunk's update W <- W0 + (1 - lambda) (W - W0), W0
+    # the initial state, which bounds how far the state drifts on long videos (about one step / lambda). 0: off (the spec).
+    fw_retention_decay: float = 0.0
     # Noisy copies of each chunk in the teacher-forcing sequence (R).
     num_repeat: int = 1
     # "window" (LaCT), or "full_causal": the full-attention baseline (cost grows with the video).

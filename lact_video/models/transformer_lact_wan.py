@@ -180,6 +180,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         weight_norm: bool = LaCTConfig.weight_norm,
         muon_dtype: MuonDtype | str = LaCTConfig.muon_dtype,
         fw_base_lr: float = LaCTConfig.fw_base_lr,
+        fw_retention_decay: float = LaCTConfig.fw_retention_decay,
         num_repeat: int = LaCTConfig.num_repeat,
         attention_mode: AttentionMode | str = LaCTConfig.attention_mode,
         position_policy: PositionPolicy | str = LaCTConfig.position_policy,
@@ -188,7 +189,7 @@ class LaCTWanTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         super().__init__()
         dim = num_attention_heads * attention_head_dim
         _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_norm, self.config)
-        rule = UpdateRule(use_momentum, use_muon, weight_norm, getattr(torch, muon_dtype))
+        rule = UpdateRule(use_momentum, use_muon, weight_norm, getattr(torch, muon_dtype), fw_retention_decay)
         memory_blocks = set(range(num_layers) if lact_blocks is None else lact_blocks)
 
         # 1. Patch and position embedding (as in Wan)
@@ -564,6 +565,11 @@ def _check_config(dim, num_layers, patch_size, image_dim, added_kv_proj_dim, qk_
     if config.fw_head_dim <= 0 or dim % config.fw_head_dim:
         choices = [d for d in range(64, dim + 1, 64) if dim % d == 0] or [dim]
         raise ValueError(f"fw_head_dim={config.fw_head_dim} must divide the model dim {dim}; e.g. one of {choices}.")
+    if not 0 <= config.fw_retention_decay <= 1:
+        raise ValueError(
+            f"fw_retention_decay must be in [0, 1] (0: off, 1: back to the initial state after every update); "
+            f"got {config.fw_retention_decay}."
+        )
     if config.fw_mlp_ratio < 1:
         raise ValueError(f"fw_mlp_ratio must be >= 1; got {config.fw_mlp_ratio}.")
     if config.chunk_frames < 1 or config.num_repeat < 1:

@@ -43,6 +43,8 @@ class UpdateRule:
     muon: bool = False  # replace dW by its Newton-Schulz orthogonalisation
     weight_norm: bool = True  # rescale each row to its norm in the initial state
     muon_dtype: torch.dtype = torch.float32  # bf16 is the authors' GPU choice
+    # lambda in [0, 1]: after each update W <- W0 + (1 - lambda) (W - W0), W0 the initial state; 0 (the spec) is off
+    retention_decay: float = 0.0
 
 
 class TokenReduction:
@@ -115,11 +117,13 @@ def fast_weight_update(
     momentum: torch.Tensor | None = None,
     previous_update: FastWeights | None = None,
     reduction: TokenReduction = LOCAL_TOKENS,
+    initial: FastWeights | None = None,
 ) -> tuple[FastWeights, FastWeights | None]:
-    """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm.
+    """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm, retention.
 
     Args:
         norms: row norms of the initial state (`row_norms`), required when `rule.weight_norm`.
+        initial: the initial state, required when `rule.retention_decay > 0`: the state decays towards it.
         momentum: (B,) the chunk's mean momentum gate, required when `rule.momentum`.
         previous_update: the previous chunk's momentum-accumulated update, `None` before the first.
         reduction: completes the gradient, a sum over the chunk's tokens, where other devices hold some of them;
@@ -128,6 +132,8 @@ def fast_weight_update(
     Returns:
         The new weights and the update to carry as `previous_update` (`None` without momentum).
     """
+    if rule.retention_decay and initial is None:
+        raise ValueError("UpdateRule.retention_decay > 0 decays towards the initial state: pass initial=.")
     update = FastWeights(*reduction.sum(fast_weight_gradient(weights, key, value, lr)))
     carried = None
     if rule.momentum:
@@ -140,6 +146,9 @@ def fast_weight_update(
     new = [w + u for w, u in zip(weights, update)]
     if rule.weight_norm:
         new = [w / (w.norm(dim=-1, keepdim=True) + WEIGHT_NORM_EPS) * n for w, n in zip(new, norms)]
+    if rule.retention_decay:
+        # W0 + (1 - lambda) (W - W0); lerp returns W0 exactly at lambda = 1.
+        new = [torch.lerp(w, w_init, rule.retention_decay) for w, w_init in zip(new, initial)]
     return FastWeights(*new), carried
 
 
@@ -171,6 +180,7 @@ def fast_weight_teacher_forcing(
         `(noisy_out (B, N, Ln, d), clean_out (B, N-1, T, d))`.
     """
     num_chunks, clean_shape = noisy_query.shape[1], clean_query.shape
+    initial = weights
     norms = row_norms(weights) if rule.weight_norm else None
     # unbind, not indexing: the backward of N slices would write N full-size gradient buffers,
     # which makes training quadratic in the number of chunks; unbind's backward is one stack.
@@ -188,7 +198,7 @@ def fast_weight_teacher_forcing(
         if i < num_chunks - 1:
             momentum = clean_momentum[i] if rule.momentum else None
             weights, previous = fast_weight_update(
-                weights, clean_key[i], clean_value[i], clean_lr[i], rule, norms, momentum, previous, reduction
+                weights, clean_key[i], clean_value[i], clean_lr[i], rule, norms, momentum, previous, reduction, initial
             )
     noisy = torch.stack(noisy_out, dim=1)
     clean = torch.stack(clean_out, dim=1) if clean_out else noisy.new_zeros(clean_shape)

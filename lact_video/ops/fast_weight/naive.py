@@ -49,7 +49,7 @@ def fast_weight_naive(w0, w1, w2, query, key, value, lr, momentum, is_clean, rul
     Returns:
         `(out (B, S, T, d), (w0, w1, w2))`: every segment's read-out and the final state.
     """
-    weights = [w0, w1, w2]
+    weights = initial = [w0, w1, w2]
     initial_norms = [w.norm(dim=-1, keepdim=True) for w in weights]
     previous = None
     outputs = []
@@ -68,5 +68,7 @@ def fast_weight_naive(w0, w1, w2, query, key, value, lr, momentum, is_clean, rul
                 weights = [
                     w / (w.norm(dim=-1, keepdim=True) + WEIGHT_NORM_EPS) * n for w, n in zip(weights, initial_norms)
                 ]
+            if rule.retention_decay:
+                weights = [a + (1 - rule.retention_decay) * (w - a) for w, a in zip(weights, initial)]
         outputs.append(naive_apply(*weights, query[:, s]))
     return torch.stack(outputs, dim=1), tuple(weights)
