@@ -10,6 +10,7 @@ step. Under ZeRO-3 the gradients are read with `deepspeed.utils.safe_get_full_gr
 it for every parameter).
 """
 
+import contextlib
 import pathlib
 
 import torch
@@ -28,6 +29,16 @@ def full_grad(param: torch.nn.Parameter) -> torch.Tensor:
     return param.grad if param.grad is not None else torch.zeros_like(param)  # as ZeRO-3 reports an unused one
 
 
+def gathered(model: torch.nn.Module):
+    """Every parameter whole for the block (rank 0's edits kept) when ZeRO-3 partitioned them, else nothing."""
+    params = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
+
+
 def main(argv=None) -> None:
     config = trainer.load_config(argv)
     accelerator = trainer.make_accelerator(config)
@@ -35,10 +46,12 @@ def main(argv=None) -> None:
     datasets = trainer.make_datasets(config)
     models = trainer.load_models(config, accelerator, encode_on_the_fly=config.data.cache_dir is None)
     # At initialisation the memory's gate is 0 and its parameters get no gradient: open it (the same on every rank).
+    # Under ZeRO-3 the trainer built the model partitioned (`zero_loading`): open it gathered, rank 0's values kept.
     noise = dict.fromkeys(["lr_proj.weight", "gate_proj.weight", "qk_scale", "qk_offset"], 0.3)
-    open_memory(
-        models.transformer, generator=torch.Generator().manual_seed(0), noise=noise, rate=0.3, momentum_bias=1.0
-    )
+    with gathered(models.transformer):
+        open_memory(
+            models.transformer, generator=torch.Generator().manual_seed(0), noise=noise, rate=0.3, momentum_bias=1.0
+        )
     set_trainable(models.transformer, config.model.trainable, config.model.lora)
     if layout.group is not None:
         trainer.enable_sequence_parallel(models.transformer, layout.group)
