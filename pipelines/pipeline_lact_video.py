@@ -364,13 +364,12 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             components["transformer"] = WanTransformer3DModel.from_pretrained(
                 pretrained_model_name_or_path,
                 subfolder="transformer",
-                torch_dtype=dtype,
+                dtype=dtype,
                 rope_max_seq_len=rope_max_seq_len,
                 **{k: v for k, v in kwargs.items() if k in _HUB_KWARGS},
             )
-        wan = WanPipeline.from_pretrained(
-            pretrained_model_name_or_path, torch_dtype=torch_dtype, **components, **kwargs
-        )
+        # diffusers >= 0.42 names it `dtype` (and deprecates `torch_dtype`, the name this method keeps for now).
+        wan = WanPipeline.from_pretrained(pretrained_model_name_or_path, dtype=torch_dtype, **components, **kwargs)
         if wan.transformer is None or wan.transformer_2 is not None:
             raise ValueError(
                 "LaCT patches single-transformer Wan2.1 T2V models; this folder has no `transformer`, "
