@@ -141,7 +141,7 @@ def measure_load_rss(tmp: pathlib.Path, malloc_mmap_threshold: int | None = 1 <<
 
     `malloc_mmap_threshold` (bytes; None: glibc's default) is set for every process: with glibc's default the heap
     keeps the freed full-size temporaries of partitioning, so a rank's RSS grows past its shard (measured here:
-    1.4 and 1.9 GB for 0.89 GB shards, against 1.03 GB with 1 MiB)."""
+    the two ranks at 1.30 and 1.92 GB, against 1.06 GB each with 1 MiB; one run)."""
     from diffusers import WanTransformer3DModel
 
     from lact_video.wan_configs import WAN21_T2V_1_3B

@@ -10,6 +10,7 @@ generators' states. The pipeline never keeps it. `save` writes it to one safeten
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -197,7 +198,7 @@ class LaCTGenerationState:
         Raises:
             StateMismatchError: naming every difference, with the state's value and the call's.
         """
-        differences = config_differences(self.model_configs, model_configs(pipeline))
+        differences = config_differences(self.model_configs, model_configs(pipeline), config_defaults(pipeline))
         for name, saved, current in (
             ("height", self.height, height),
             ("width", self.width, width),
@@ -288,7 +289,7 @@ class LaCTGenerationState:
             header["model_configs"],
         )
         if pipeline is not None:
-            differences = config_differences(state.model_configs, model_configs(pipeline))
+            differences = config_differences(state.model_configs, model_configs(pipeline), config_defaults(pipeline))
             if differences:
                 raise StateMismatchError(
                     f"{path} was saved with another model; load the pipeline it was made with. Differences: "
@@ -305,12 +306,29 @@ def model_configs(pipeline: LaCTVideoPipeline) -> dict[str, dict]:
     }
 
 
-def config_differences(saved: Mapping[str, Mapping], current: Mapping[str, Mapping]) -> list[str]:
+def config_defaults(pipeline: LaCTVideoPipeline) -> dict[str, dict]:
+    """The transformer's and the VAE's config keys with a default in their constructors' signatures."""
+    return {
+        name: {
+            key: parameter.default
+            for key, parameter in inspect.signature(type(module).__init__).parameters.items()
+            if parameter.default is not inspect.Parameter.empty
+        }
+        for name, module in (("transformer", pipeline.transformer), ("vae", pipeline.vae))
+    }
+
+
+def config_differences(
+    saved: Mapping[str, Mapping], current: Mapping[str, Mapping], defaults: Mapping[str, Mapping] | None = None
+) -> list[str]:
     """`component.key: state X, this model Y` for every key whose values differ (keys of `_IGNORED_CONFIG_KEYS`
-    aside)."""
+    aside). A key the state lacks, saved before the key existed, matches this model's value if that is the key's
+    default in `defaults` (component -> key -> default: what the state's model computed without it)."""
     differences = []
+    defaults = defaults or {}
     for component in sorted(saved.keys() | current.keys()):
         old, new = saved.get(component, {}), current.get(component, {})
+        old = {**{k: v for k, v in defaults.get(component, {}).items() if k in new and k not in old}, **old}
         for key in sorted(old.keys() | new.keys()):
             if key not in _IGNORED_CONFIG_KEYS.get(component, ()) and old.get(key) != new.get(key):
                 differences.append(

@@ -296,6 +296,7 @@ OUT_OF_RANGE = {
     "flow_matching.shift": "0", "flow_matching.logit_std": "0", "flow_matching.caption_dropout": "1.5",
     "ema.ema_decay": "1.0", "data.num_frames": "14", "data.height": "30", "data.fps": "0",
     "data.dataloader_num_workers": "-1", "model.variant": "fp16", "model.trainable": "qlora",
+    "model.lact.fw_retention_decay": "1.5", "model.lact.fw_base_lr": "0",
 }  # fmt: skip
 
 
@@ -375,8 +376,15 @@ def test_settings_that_do_not_fit_the_base_name_the_key_and_what_fits(override, 
     assert all(key in str(error.value) for key in keys), str(error.value)
 
 
+def test_a_lact_export_as_the_base_is_refused_naming_what_to_give():
+    config = load_config(["--config", TINY, *SOURCES])
+    lact = {**TRANSFORMER_CONFIGS["tiny"], "_class_name": "LaCTWanTransformer3DModel"}
+    with pytest.raises(ConfigError, match="holds a LaCT pipeline .an export.: finetuning starts from a plain Wan2.1"):
+        check_against_transformer(config, lact)
+
+
 @pytest.mark.parametrize("source", ["cache", "videos"])
-def test_a_data_folder_that_cannot_work_is_one_line(source, tmp_path, monkeypatch, capsys):
+def test_a_data_folder_that_cannot_work_is_one_line(source, tiny_wan_dir, tmp_path, monkeypatch, capsys):
     """Found at run time, before any model loads: a cache folder without its index, a video folder without
     metadata. One line and exit status 2, as a bad flag."""
     from accelerate.state import AcceleratorState, GradientState
@@ -385,5 +393,7 @@ def test_a_data_folder_that_cannot_work_is_one_line(source, tmp_path, monkeypatc
     GradientState._reset_state()
     data = f"data.cache_dir={tmp_path}" if source == "cache" else f"data.train_data_dir={tmp_path}"
     argv = ["--config", TINY, data, f"train.output_dir={tmp_path / 'run'}", "train.report_to=none"]
-    err = cli_error(trainer, argv, monkeypatch, capsys)
+    err = cli_error(trainer, [*argv, "model.pretrained_model_name_or_path=/nowhere"], monkeypatch, capsys)
+    assert "model.pretrained_model_name_or_path=/nowhere: no Wan2.1 diffusers model there" in err  # checked first
+    err = cli_error(trainer, [*argv, f"model.pretrained_model_name_or_path={tiny_wan_dir}"], monkeypatch, capsys)
     assert ("no index.json: build the cache" if source == "cache" else "has no metadata file") in err

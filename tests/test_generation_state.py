@@ -301,6 +301,19 @@ def test_another_lact_config_is_refused_naming_the_key(pipe, tiny_wan_dir, saved
         other(**call_kwargs(num_frames=NEW_CHUNK_FRAMES, state=state))
 
 
+def test_a_key_the_state_predates_counts_as_its_default(pipe, tiny_wan_dir, saved):
+    """A state saved before a config key existed computed what the key's default computes: it goes on with a model
+    at the default, and is refused, naming the key, by one that is not."""
+    state = LaCTGenerationState.load(saved)
+    del state.model_configs["transformer"]["fw_retention_decay"]  # as a state written before the key existed
+    state.check_matches(pipe, height=SIZE, width=SIZE, num_videos=1, guidance=True, decoding=True)
+    other = LaCTVideoPipeline(
+        **{**pipe.components, "transformer": lact_transformer(tiny_wan_dir, fw_retention_decay=0.3)}
+    )
+    with pytest.raises(StateMismatchError, match="transformer.fw_retention_decay: state 0.0, this model 0.3"):
+        state.check_matches(other, height=SIZE, width=SIZE, num_videos=1, guidance=True, decoding=True)
+
+
 @pytest.mark.parametrize(
     "change, named",
     [

@@ -530,6 +530,14 @@ def check_config(config: FinetuneConfig) -> None:
     except ValueError as error:
         raise ConfigError(f"data: {error}") from None
     _check_trainable(config.model, config.data)
+    lact = config.model.lact
+    _require(
+        {
+            "model.lact.fw_retention_decay": (lact.fw_retention_decay, 0 <= lact.fw_retention_decay <= 1,
+                                              "must lie in [0, 1] (0: off, as the spec)"),
+            "model.lact.fw_base_lr": (lact.fw_base_lr, lact.fw_base_lr > 0, "must be greater than 0"),
+        }
+    )  # fmt: skip
     if config.model.trainable == Trainable.lora:
         _check_lora(config.model.lora)
     elif config.train.export_fuse_lora:
@@ -702,6 +710,12 @@ def check_against_transformer(config: FinetuneConfig, transformer_config: dict) 
     Raises:
         ConfigError: the LaCT settings or the clip do not fit the base transformer, with the values that do.
     """
+    if transformer_config.get("_class_name") == "LaCTWanTransformer3DModel":
+        raise ConfigError(
+            f"model.pretrained_model_name_or_path={config.model.pretrained_model_name_or_path} holds a LaCT pipeline "
+            "(an export): finetuning starts from a plain Wan2.1 T2V base and adds the LaCT layers of model.lact. "
+            "Give the Wan base, or go on with a run from its checkpoint (train.resume_from_checkpoint)"
+        )
     dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
     lact = config.model.lact
     if lact.fw_head_dim <= 0 or dim % lact.fw_head_dim:

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> pathlib.Path | None:
     accelerator = make_accelerator(asked)
     layout = parallel_layout(accelerator, asked.train.sequence_parallel_size)
     resume_from = check_run_folder(asked, accelerator)  # before any model loads, and before any write
+    check_base_transformer(asked)  # before the data is read
     datasets = make_datasets(asked)
     config = with_training_length(asked, len(datasets.train), layout.data_parallel_size)  # num_train_epochs
     if resume_from is not None and asked.train.max_train_steps is None:  # check_resume checked a length that was set
@@ -298,15 +299,30 @@ def encode_batch(batch: dict, models: Models, config: FinetuneConfig, device) ->
 # 3. Models
 
 
-def load_models(config: FinetuneConfig, accelerator, encode_on_the_fly: bool) -> Models:
+def check_base_transformer(config: FinetuneConfig) -> None:
+    """The checks that need the base transformer's config.json (read alone: no weights, no data yet).
+
+    Raises:
+        ConfigError: no base there; or the LaCT settings, the sequence-parallel size or the clip do not fit it.
+    """
     from diffusers import WanTransformer3DModel
 
+    path, revision = config.model.pretrained_model_name_or_path, config.model.revision
+    try:
+        base_config = WanTransformer3DModel.load_config(path, subfolder="transformer", revision=revision)
+    except (OSError, ValueError) as error:  # huggingface_hub's errors derive from these
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"model.pretrained_model_name_or_path={path}: no Wan2.1 diffusers model there (a folder with "
+            f"transformer/config.json, or a hub id such as Wan-AI/Wan2.1-T2V-1.3B-Diffusers): {first_line}"
+        ) from error
+    check_against_transformer(config, base_config)
+
+
+def load_models(config: FinetuneConfig, accelerator, encode_on_the_fly: bool) -> Models:
     from ..data.encode import encode_prompts, load_frozen_encoders
 
     path, revision = config.model.pretrained_model_name_or_path, config.model.revision
-    # Checks that need the base transformer's config.json: read it, no weights yet.
-    base_config = WanTransformer3DModel.load_config(path, subfolder="transformer", revision=revision)
-    check_against_transformer(config, base_config)
     text_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     encodes_clips = encode_on_the_fly or bool(config.data.validation_data_dir)
     with zero3_init_disabled():
