@@ -46,6 +46,10 @@ class UpdateRule:
     # lambda in [0, 1]: after each update W <- W0 + (1 - lambda) (W - W0), W0 the initial state; 0 (the spec) is off
     retention_decay: float = 0.0
 
+    def __post_init__(self):
+        if not 0 <= self.retention_decay <= 1:
+            raise ValueError(f"UpdateRule.retention_decay must lie in [0, 1]; got {self.retention_decay}.")
+
 
 class TokenReduction:
     """Completes a chunk's statistics over its tokens: identity, because a single device holds them all.
@@ -119,9 +123,14 @@ def fast_weight_update(
     reduction: TokenReduction = LOCAL_TOKENS,
     initial: FastWeights | None = None,
 ) -> tuple[FastWeights, FastWeights | None]:
-    """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm, retention.
+    """One large-chunk step: gradient, momentum, Muon, `W + dW`, weight norm, retention (docs/design.md Sec. 1.4;
+    spec Sec. 3).
 
     Args:
+        weights: the state before the chunk, `FastWeights` of (B, dh, d), (B, d, dh), (B, dh, d); B is batch x
+            fast-weight heads.
+        key: (B, T, d) L2-normalised keys of the chunk's T tokens.  value: (B, T, d).  lr: (B, T, 3) per-token
+            rates of the three matrices.
         norms: row norms of the initial state (`row_norms`), required when `rule.weight_norm`.
         initial: the initial state, required when `rule.retention_decay > 0`: the state decays towards it.
         momentum: (B,) the chunk's mean momentum gate, required when `rule.momentum`.
