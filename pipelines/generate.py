@@ -104,16 +104,15 @@ def check_output(output: str, parser: argparse.ArgumentParser) -> None:
         container_codec(path)
     except ValueError as error:
         parser.error(f"--output: {error}")
-    if path.is_dir():
-        parser.error(f"--output {output} is a folder: give a file name, e.g. {path / 'video.mp4'}")
-    check_writable_folder("--output", path, parser)
+    check_writable_folder("--output", path, parser, example="video.mp4")
 
 
-def check_writable_folder(flag: str, path: pathlib.Path, parser: argparse.ArgumentParser) -> None:
-    """Refuse a file `path` that is a folder, whose folder cannot be created, or where no file can be made (probed
-    with a temporary file, removed at once). The folder is created as the writer would create it."""
+def check_writable_folder(flag: str, path: pathlib.Path, parser: argparse.ArgumentParser, example: str) -> None:
+    """Refuse a file `path` that is a folder (the message suggests `example` in it), whose folder cannot be created,
+    or where no file can be made (probed with a temporary file, removed at once). The folder is created as the
+    writer would create it."""
     if path.is_dir():
-        parser.error(f"{flag} {path} is a folder: give a file name, e.g. {path / 'state.safetensors'}")
+        parser.error(f"{flag} {path} is a folder: give a file name, e.g. {path / example}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=path.parent).close()
@@ -263,7 +262,7 @@ def main(argv=None) -> None:
                 f"--save_state {args.save_state}: a state file is safetensors; name it "
                 f"{state_path.with_suffix('.safetensors')}"
             )
-        check_writable_folder("--save_state", state_path, parser)
+        check_writable_folder("--save_state", state_path, parser, example="state.safetensors")
     with exit_on_config_error():  # a bad schedule or state file, also one found by the pipeline, is one line
         generate(args, parser)
 
