@@ -10,6 +10,7 @@ loading runs no code from the file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -30,7 +31,7 @@ logger = logging.get_logger(__name__)
 
 FORMAT = "lact-video-state"  # metadata["format"]: what makes a safetensors file ours
 FORMAT_VERSION = 1
-_LAYER_FIELDS = ("key", "value", "fast_weights", "momentum")
+_LAYER_FIELDS = tuple(field.name for field in dataclasses.fields(LayerState))  # the file keeps their order
 
 
 class StateFileError(ValueError):

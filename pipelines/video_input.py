@@ -24,7 +24,6 @@ file's frames are. Shapes: `B` clips, `C` latent channels, `f` frames of a chunk
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import pathlib
@@ -46,7 +45,14 @@ from lact_video.data.video_reader import (
     resample_times,
     resize_for_center_crop,
 )
-from lact_video.geometry import chunk_count, first_frame_of_chunk, latent_size, normalize_latents, video_num_frames
+from lact_video.geometry import (
+    chunk_count,
+    chunk_of_frame,
+    first_frame_of_chunk,
+    latent_size,
+    normalize_latents,
+    video_num_frames,
+)
 
 from .streaming import WanStreamingEncoder
 
@@ -134,47 +140,46 @@ def open_video(
         )
     if video is None:
         return None
-    bounds = functools.partial(_chunk_frame_bounds, chunk_frames=chunk_frames, temporal_factor=temporal_factor)
     if isinstance(video, (str, os.PathLike)):
-        return _file_chunks(pathlib.Path(video), height, width, fps, bounds)
+        return _file_chunks(pathlib.Path(video), height, width, fps, (chunk_frames, temporal_factor))
     frames, to_model_range = _as_frames(video)
     batch_size, total = frames.shape[:2]
-    num_chunks, kept = _whole_chunks(total, bounds, f"The video's {total} frames")
+    num_chunks, kept = _whole_chunks(total, chunk_frames, temporal_factor, f"The video's {total} frames")
 
     def chunks() -> Iterator[torch.Tensor]:
         for chunk in range(num_chunks):
-            start, end = bounds(chunk)
+            start, end = _chunk_frame_bounds(chunk, chunk_frames, temporal_factor)
             yield _cover_and_crop(to_model_range(frames[:, start:end]), height, width)
 
     return VideoChunks(num_chunks, batch_size, kept, chunks, encoded=False)
 
 
-def _whole_chunks(total: int, bounds: Callable[[int], tuple[int, int]], what: str) -> tuple[int, int]:
+def _whole_chunks(total: int, chunk_frames: int, temporal_factor: int, what: str) -> tuple[int, int]:
     """(whole chunks, frames they hold) of a clip of `total` frames; warns about the frames dropped after them.
 
     Raises:
         ValueError: the clip is shorter than one chunk.
     """
-    first_chunk = bounds(0)[1]
+    first_chunk, per_chunk = first_frame_of_chunk(1, chunk_frames, temporal_factor), temporal_factor * chunk_frames
     if total < first_chunk:
         raise ValueError(
             f"{what} are fewer than one chunk: continuing a clip needs at least {first_chunk} frames (the first chunk "
-            f"of {first_chunk} frames, then {bounds(1)[1] - first_chunk} per chunk). Pass a longer clip."
+            f"of {first_chunk} frames, then {per_chunk} per chunk). Pass a longer clip."
         )
-    num_chunks = 1 + (total - first_chunk) // (bounds(1)[1] - first_chunk)
-    kept = bounds(num_chunks - 1)[1]
+    num_chunks = chunk_of_frame(total, chunk_frames, temporal_factor)  # the chunk the first missing frame would open
+    kept = first_frame_of_chunk(num_chunks, chunk_frames, temporal_factor)
     if kept < total:
         logger.warning(
-            f"{what} do not fill whole chunks ({first_chunk} frames, then {bounds(1)[1] - first_chunk} per chunk): "
+            f"{what} do not fill whole chunks ({first_chunk} frames, then {per_chunk} per chunk): "
             f"continuing from the first {kept} frames ({chunk_count(num_chunks)}); the last {total - kept} frames are "
             "dropped."
         )
     return num_chunks, kept
 
 
-def _file_chunks(path: pathlib.Path, height: int, width: int, fps: float, bounds) -> VideoChunks:
+def _file_chunks(path: pathlib.Path, height: int, width: int, fps: float, geometry: tuple[int, int]) -> VideoChunks:
     """A video file's chunks: resampled to `fps` by time, resized and cropped as `VideoFolderDataset.load` reads
-    training clips (`read_frames`), decoded one chunk at a time."""
+    training clips (`read_frames`), decoded one chunk at a time. `geometry`: (chunk_frames, temporal_factor)."""
     if not path.is_file():
         raise FileNotFoundError(f"`video`: no video file at {path}.")
     try:
@@ -183,12 +188,12 @@ def _file_chunks(path: pathlib.Path, height: int, width: int, fps: float, bounds
         raise ValueError(f"`video`: cannot read {path} as a video ({str(error).strip()[:200]}).") from error
     times = resample_times(info, fps)
     what = f"The video {path} gives {len(times)} frames at fps={fps:g} ({info.duration:.2f} s), which"
-    num_chunks, kept = _whole_chunks(len(times), bounds, what)
+    num_chunks, kept = _whole_chunks(len(times), *geometry, what)
 
     def chunks() -> Iterator[torch.Tensor]:
         frames = read_frames(path, times[:kept], info, (height, width))  # one decoded frame at a time
         for chunk in range(num_chunks):
-            start, end = bounds(chunk)
+            start, end = _chunk_frame_bounds(chunk, *geometry)
             chunk_frames = np.stack(list(itertools.islice(frames, end - start)))  # (f, H, W, 3) uint8
             yield _cover_and_crop(_from_rgb_array(chunk_frames[None]), height, width)  # already (height, width)
 
