@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import get_module_execution_device
 
 from lact_video.geometry import chunk_count
 from lact_video.ops.fast_weight import FastWeights
@@ -229,8 +228,7 @@ class LaCTGenerationState:
         primed with the cache, and the generator to draw the next noise from: `generator` if given (a new
         continuation), else new generators in the saved states (the continuation of the uninterrupted video)."""
         if decoder is not None and self.decoder_cache is not None:
-            cache_device = get_module_execution_device(decoder.vae)
-            decoder.load_cache([_to(slot, cache_device) for slot in self.decoder_cache])
+            decoder.load_cache(self.decoder_cache)
         if generator is None:
             generator = restore_generator(self.generator)
         return _lact_state_to(self.lact_state, device), generator

@@ -1050,8 +1050,7 @@ class LaCTVideoPipeline(DiffusionPipeline, LaCTLoraLoaderMixin):
             raise ValueError(f"`output_type` must be 'np', 'pt' or 'pil', got {output_type!r}.")
         decoder = WanStreamingDecoder(self.vae)
         if decoder_cache is not None:
-            device = get_module_execution_device(self.vae)
-            decoder.load_cache([slot.to(device) if isinstance(slot, torch.Tensor) else slot for slot in decoder_cache])
+            decoder.load_cache(decoder_cache)
         frames = self._decode_chunk(latents, decoder, [], output_type)
         self.maybe_free_model_hooks()
         return frames

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, patchify, unpatchify
+from diffusers.utils.torch_utils import get_module_execution_device
 
 
 def _run_offload_hook(vae: AutoencoderKLWan) -> None:
@@ -104,7 +105,8 @@ class WanStreamingDecoder:
         self.first_frame = True
 
     def load_cache(self, feat_cache: list) -> None:
-        """Continue from a cache saved after earlier chunks (`pipelines.state_io.load_state`).
+        """Continue from a cache saved after earlier chunks (`pipelines.state_io.load_state`), on any device: its
+        tensors move to the VAE's execution device.
 
         Raises:
             ValueError: `feat_cache` has another number of slots than this VAE's decoder has causal convs.
@@ -114,7 +116,8 @@ class WanStreamingDecoder:
                 f"The VAE cache has {len(feat_cache)} slots; this VAE's decoder has {len(self.feat_cache)} causal "
                 "convs. Load the VAE the cache was saved with."
             )
-        self.feat_cache = list(feat_cache)
+        device = get_module_execution_device(self.vae)
+        self.feat_cache = [slot.to(device) if isinstance(slot, torch.Tensor) else slot for slot in feat_cache]
         self.first_frame = all(slot is None for slot in feat_cache)  # every decoded frame fills the slots
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
