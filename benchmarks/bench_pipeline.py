@@ -59,6 +59,7 @@ import time
 
 import numpy as np
 import torch
+from common import proc_status_kib
 
 from lact_video.geometry import latent_size, video_num_frames
 from pipelines import LaCTVideoPipeline, VideoStreamWriter, WanStreamingDecoder
@@ -209,17 +210,11 @@ def rss_child(base: str, num_chunks: int, size: int, steps: int, threads: int, c
             stream = pipe.stream(**generation_kwargs(num_chunks, size, steps), output_path=os.path.join(tmp, "v.mp4"))
         else:
             stream = pipe.stream(**continue_kwargs(pathlib.Path(clip), size, steps))
-        rss = [_proc_status_kib("VmRSS") for _ in stream]  # after every chunk
+        rss = [proc_status_kib("VmRSS") for _ in stream]  # after every chunk
     # The peak of this process's own memory map. Not `ru_maxrss`: Linux carries it across execve, so a
     # child spawned by a big parent reports the parent's peak.
-    peak = _proc_status_kib("VmHWM")
+    peak = proc_status_kib("VmHWM")
     print(json.dumps({"peak_kib": peak, "rss_kib": rss}))
-
-
-def _proc_status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status, in KiB (Linux)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
 def rss_children(base: str, size: int, steps: int, threads: int, repeats: int, clips: dict | None = None) -> dict:

@@ -61,3 +61,9 @@ def report(figures: dict, json_path: str | None) -> None:
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def proc_status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB (Linux): VmRSS, VmHWM (its peak), ..."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))

@@ -18,15 +18,9 @@ import os
 import pathlib
 
 import torch
+from common import proc_status_kib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def status_kib(field: str) -> int:
-    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def main() -> None:
@@ -55,7 +49,7 @@ def main() -> None:
     accelerator = Accelerator(kwargs_handlers=process_group_kwargs())
     recipe = REPO / "configs" / ("tiny.yaml" if args.tiny else "wan2.1-t2v-1.3b-lact.yaml")
     lact = lact_config(load_config(["--config", str(recipe), "data.cache_dir=unused"]))
-    baseline_kib = status_kib("VmRSS")
+    baseline_kib = proc_status_kib("VmRSS")
     pathlib.Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts again from now
     torch.manual_seed(0)
     if is_zero3(accelerator):
@@ -68,7 +62,7 @@ def main() -> None:
     # views of the memory-mapped file, resident only once read.
     for param in model.parameters():
         getattr(param, "ds_tensor", param).detach().sum()
-    growth = (status_kib("VmHWM") - baseline_kib) * 1024
+    growth = (proc_status_kib("VmHWM") - baseline_kib) * 1024
     if args.rss:
         record = {"rank": accelerator.process_index, "peak_rss_growth_bytes": growth, "pid": os.getpid()}
         pathlib.Path(f"{args.rss}.rank{accelerator.process_index}.json").write_text(json.dumps(record))
