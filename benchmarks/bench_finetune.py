@@ -112,7 +112,7 @@ def main(argv=None) -> dict:
             wall = train_in_process(base, tmp / name, args.steps, args.workers, source)
             results[name] = {**summarize(tmp / name, args.warmup), "run_wall_s": wall}
         if args.zero3:
-            zero3 = summarize_launch(*time_zero3(base, tmp, args, "zero3"))
+            zero3 = time_zero3(base, tmp, args, "zero3")
             results["zero3_2proc_cached"] = {**zero3, "note": "per-process batch 1, global batch 2"}
         if args.sp:
             results["sequence_parallel"] = time_sequence_parallel(base, tmp, args)
@@ -175,8 +175,8 @@ def measure_load_rss(tmp: pathlib.Path, malloc_mmap_threshold: int | None = 1 <<
     }
 
 
-def time_zero3(base, tmp: pathlib.Path, args, name: str, num_processes: int = 2, *overrides) -> tuple:
-    """A ZeRO-3 launch of `num_processes` from the cache; returns (its output folder, warmup, launch wall time)."""
+def time_zero3(base, tmp: pathlib.Path, args, name: str, num_processes: int = 2, *overrides) -> dict:
+    """A ZeRO-3 launch of `num_processes` from the cache: its step-time summary and the launch's wall time."""
     out = tmp / name
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
@@ -189,11 +189,8 @@ def time_zero3(base, tmp: pathlib.Path, args, name: str, num_processes: int = 2,
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    return out, args.warmup, time.perf_counter() - start
-
-
-def summarize_launch(out: pathlib.Path, warmup: int, wall: float) -> dict:
-    return {**summarize(out, warmup), "launch_wall_s": wall}
+    wall = time.perf_counter() - start
+    return {**summarize(out, args.warmup), "launch_wall_s": wall}
 
 
 def time_sequence_parallel(base, tmp: pathlib.Path, args) -> dict:
@@ -202,8 +199,8 @@ def time_sequence_parallel(base, tmp: pathlib.Path, args) -> dict:
     from lact_video.parallel import all_reduce_bytes_per_step, all_to_all_bytes_per_step
     from lact_video.training.config import lact_config, load_config
 
-    sp1 = summarize_launch(*time_zero3(base, tmp, args, "sp1", 1))
-    sp2 = summarize_launch(*time_zero3(base, tmp, args, "sp2", 2, "train.sequence_parallel_size=2"))
+    sp1 = time_zero3(base, tmp, args, "sp1", 1)
+    sp2 = time_zero3(base, tmp, args, "sp2", 2, "train.sequence_parallel_size=2")
     config = load_config(["--config", str(REPO / "configs" / "tiny.yaml"), f"model.pretrained_model_name_or_path={base}",
                           "data.cache_dir=/c"])  # fmt: skip
     data, repeat = config.data, config.model.lact.num_repeat
