@@ -32,7 +32,6 @@ import importlib.util
 import inspect
 import math
 import os
-import re
 import sys
 import textwrap
 import types
@@ -53,7 +52,7 @@ from ..geometry import latent_size
 from ..models.lact_config import DEPRECATED_FINETUNE_KEYS, LaCTConfig, Variant, deprecated_key, rename_deprecated
 from ..models.transformer_lact_wan import VARIANTS
 from .flow_matching import LossWeighting, ShiftRule, TimestepSampling, tokens_per_chunk
-from .trainable import LoraSettings, Trainable, target_modules_spec
+from .trainable import PLAIN_NAME, LoraSettings, Trainable, target_modules_spec
 
 
 @dataclass
@@ -457,7 +456,7 @@ def _text_list(value: str) -> list[str]:
     """A list-of-text field typed without brackets: comma-separated names (`to_q,to_k`, as diffusers' LoRA scripts
     take `--lora_layers`), or one entry when a piece is not a plain name (a regular expression may hold commas)."""
     pieces = value.split(",")
-    return pieces if all(re.fullmatch(r"[\w.]+", piece) for piece in pieces) else [value]
+    return pieces if all(PLAIN_NAME.fullmatch(piece) for piece in pieces) else [value]
 
 
 def _is_text(annotation) -> bool:

@@ -41,7 +41,7 @@ class LoraInit(str, Enum):
 
 # Wan's attention projections, in self- and cross-attention (the modules diffusers' and finetrainers' Wan LoRAs use).
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
-_PLAIN_NAME = re.compile(r"[\w.]+")
+PLAIN_NAME = re.compile(r"[\w.]+")  # a module name, not a regular expression
 
 
 @dataclass
@@ -74,7 +74,7 @@ def target_modules_spec(target_modules: list[str]) -> list[str] | str:
         raise ValueError(
             "model.lora.target_modules is empty: name modules (to_q,to_k,to_v,to_out.0) or give a pattern"
         )
-    patterns = [entry for entry in target_modules if not _PLAIN_NAME.fullmatch(entry)]
+    patterns = [entry for entry in target_modules if not PLAIN_NAME.fullmatch(entry)]
     if not patterns:
         return list(target_modules)
     if len(target_modules) > 1:

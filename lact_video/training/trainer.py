@@ -442,7 +442,7 @@ def apply_optimizer_settings(optimizer, schedule, settings: list[dict]) -> None:
         group["lr"] = base * factor(schedule.last_epoch)
 
 
-def trainable_report(config, accelerator, model) -> dict:
+def trainable_report(accelerator, model) -> dict:
     """The weights `model.trainable` trains and the AdamW state they cost (`trainable.optimizer_state_bytes`: an
     estimate from the counts, per process divided among the ranks when ZeRO partitions the optimizer)."""
     trainable = full_numel(p for p in model.parameters() if p.requires_grad)
@@ -477,7 +477,7 @@ def write_run_info(config, accelerator, layout, transformer, datasets: Datasets,
         "mixed_precision": accelerator.mixed_precision,
         "partition": partition,
         "trainable": config.model.trainable.value,
-        "parameters": trainable_report(config, accelerator, model),
+        "parameters": trainable_report(accelerator, model),
         "tokens_per_chunk": chunk_tokens(config, model),
         "timestep_shift": timestep_shift(config, model),
         "train_samples": len(datasets.train),
